@@ -1,0 +1,49 @@
+"""Feedback gathered so far: the mask W (as grid cells) per annotated image, label corrections, skips.
+
+Shape legend: G_h x G_w grid cells, H x W pixels.
+
+Masks are kept as cells, so memory grows with the number of annotated images, not with the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from label_config.grid import Grid
+
+
+@dataclass
+class Feedback:
+    """cells: sample id -> (G_h, G_w) bool; labels: sample id -> corrected label; skipped: sample ids."""
+
+    cells: dict[int, np.ndarray] = field(default_factory=dict)
+    labels: dict[int, int] = field(default_factory=dict)
+    skipped: set[int] = field(default_factory=set)
+
+    def annotated_ids(self) -> list[int]:
+        """Sample ids whose mask W has at least one cell, sorted."""
+        return sorted(i for i, c in self.cells.items() if np.any(c))
+
+    def given_ids(self) -> set[int]:
+        """Every sample id that received any feedback (a mask, a correction or a skip)."""
+        return set(self.cells) | set(self.labels) | self.skipped
+
+    def masks(self, ids: list[int] | torch.Tensor, grid: Grid) -> torch.Tensor:
+        """The pixel mask W of each id, zeros where none. Returns (len(ids), H, W) float32."""
+        out = torch.zeros(len(ids), grid.height, grid.width)
+        for row, i in enumerate(ids):
+            cells = self.cells.get(int(i))
+            if cells is not None and np.any(cells):
+                out[row] = torch.from_numpy(grid.cells_to_mask(cells))
+        return out
+
+    def merge(self, other: "Feedback") -> "Feedback":
+        """A new Feedback in which ``other`` wins where both speak about a sample."""
+        return Feedback(
+            cells={**self.cells, **other.cells},
+            labels={**self.labels, **other.labels},
+            skipped=(self.skipped - set(other.cells) - set(other.labels)) | other.skipped,
+        )
