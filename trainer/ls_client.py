@@ -1,0 +1,188 @@
+"""The thin I/O edge to Label Studio, over label-studio-sdk 2.x.
+
+Projects, the Local Files storage that serves images from disk, task import and the pull of submitted
+annotations. Nothing here interprets a result: the rasteriser turns results into cells, the ledger keeps
+them. Configuration uses the ecosystem's names, ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``, read
+when ``connect`` is called.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from label_studio_sdk.client import LabelStudio
+
+from label_config.names import SAMPLE_ID_KEY
+
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+STORAGE_TITLE = "hitl-images"
+TITLE_LENGTH = (3, 50)  # Label Studio's PROJECT_TITLE_MIN_LEN / _MAX_LEN
+
+
+@dataclass(frozen=True)
+class AnnotationRecord:
+    """One annotation as Label Studio holds it. ``sample_id`` is None for tasks without one in their data
+    (tasks someone imported by hand); a cancelled (skipped) annotation has ``was_cancelled`` and no result."""
+
+    project_id: int
+    task_id: int
+    sample_id: int | None
+    annotation_id: int
+    result: list[dict[str, Any]] = field(repr=False)
+    updated_at: datetime
+    was_cancelled: bool
+    completed_by: int | None
+    ground_truth: bool
+
+
+def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0) -> LabelStudio:
+    """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``."""
+    url = url or os.environ.get("LABEL_STUDIO_URL")
+    api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    missing = [name for name, value in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not value]
+    if missing:
+        raise ValueError(
+            f"Label Studio connection is not configured: set {' and '.join(missing)} "
+            f"(or pass url= / api_key=); the key is the legacy token from Account & Settings"
+        )
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+
+
+def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
+    """The id of the project titled ``title`` (the oldest if several), created if there is none.
+
+    An existing project whose label config differs gets ``label_config`` (Label Studio refuses the
+    change if it would orphan existing annotations).
+    """
+    if not TITLE_LENGTH[0] <= len(title) <= TITLE_LENGTH[1]:
+        raise ValueError(f"Label Studio project titles have {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} "
+                         f"characters, got {title!r}")
+    # The server's title filter matches substrings: keep exact matches only.
+    matches = sorted(p.id for p in client.projects.list(title=title, page_size=100) if p.title == title)
+    if not matches:
+        return client.projects.create(title=title, label_config=label_config).id
+    project_id = matches[0]
+    if client.projects.get(id=project_id).label_config != label_config:
+        client.projects.update(id=project_id, label_config=label_config)
+    return project_id
+
+
+def local_file_url(path: str | os.PathLike, document_root: str | os.PathLike) -> str:
+    """The URL Label Studio serves ``path`` under: ``/data/local-files/?d=<path relative to root>``."""
+    full, root = Path(path).resolve(), Path(document_root).resolve()
+    if not full.is_relative_to(root):
+        raise ValueError(f"{full} is not under the Label Studio document root {root}")
+    return LOCAL_FILES_PREFIX + quote(full.relative_to(root).as_posix(), safe="/")
+
+
+def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.PathLike,
+                         document_root: str | os.PathLike, *, title: str = STORAGE_TITLE) -> int:
+    """A Local Files import storage on ``project_id`` for folder ``path`` (reused if present); its id.
+
+    Label Studio serves ``/data/local-files/`` only from folders some project's storage points at. The
+    storage is never synced: tasks are imported explicitly, not one per file.
+    """
+    folder, root = Path(path).resolve(), Path(document_root).resolve()
+    if not folder.is_dir():
+        raise ValueError(f"local storage folder {folder} does not exist")
+    if not folder.is_relative_to(root):
+        raise ValueError(f"local storage folder {folder} is not under the document root {root}")
+    for storage in client.import_storage.local.list(project=project_id):
+        if storage.path and Path(storage.path).resolve() == folder:
+            return storage.id
+    storage = client.import_storage.local.create(
+        project=project_id, path=str(folder), title=title, use_blob_urls=True
+    )
+    return storage.id
+
+
+def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100) -> list[int]:
+    """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    task_ids: list[int] = []
+    for start in range(0, len(tasks), batch_size):
+        batch = tasks[start:start + batch_size]
+        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+        ids = list(response.task_ids or [])
+        if len(ids) != len(batch):
+            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for a batch of {len(batch)} tasks")
+        task_ids.extend(ids)
+    return task_ids
+
+
+def list_task_data(client: LabelStudio, project_id: int, *, page_size: int = 100) -> dict[int, dict]:
+    """Task id -> task data for every task of the project (to reconcile pushes with the ledger)."""
+    _check_project(client, project_id)
+    return {t.id: dict(t.data or {}) for t in client.tasks.list(project=project_id, page_size=page_size)}
+
+
+def fetch_annotations(client: LabelStudio, project_id: int, *, sample_key: str = SAMPLE_ID_KEY,
+                      page_size: int = 100) -> list[AnnotationRecord]:
+    """Every submitted annotation of the project, ordered by task then annotation id.
+
+    Pages through all tasks and keeps the annotations themselves: predictions and drafts are not
+    annotations. ``tasks.list(only_annotated=True)`` is not used, as Label Studio 1.23 returns
+    unannotated tasks with it too. Cancelled (skipped) annotations come back with ``was_cancelled``
+    set and their result dropped, so the caller records them as skips.
+    """
+    _check_project(client, project_id)
+    records = []
+    for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
+        sample_id = _sample_id(task.data or {}, sample_key, task.id)
+        for ann in task.annotations or []:
+            records.append(_record(project_id, task.id, sample_id, ann))
+    return sorted(records, key=lambda r: (r.task_id, r.annotation_id))
+
+
+def _check_project(client: LabelStudio, project_id: int) -> None:
+    # The SDK's pager ends quietly on any 404, so make sure the project is there before paging.
+    client.projects.get(id=project_id)
+
+
+def _sample_id(data: dict, key: str, task_id: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"task {task_id} has {key}={value!r}, expected an integer sample id") from None
+
+
+def _record(project_id: int, task_id: int, sample_id: int | None, ann: Any) -> AnnotationRecord:
+    ann = ann if isinstance(ann, dict) else ann.dict()
+    cancelled = bool(ann.get("was_cancelled"))
+    updated = ann.get("updated_at") or ann.get("created_at")
+    return AnnotationRecord(
+        project_id=project_id,
+        task_id=task_id,
+        sample_id=sample_id,
+        annotation_id=int(ann["id"]),
+        result=[] if cancelled else list(ann.get("result") or []),
+        updated_at=updated if isinstance(updated, datetime) else datetime.fromisoformat(updated.replace("Z", "+00:00")),
+        was_cancelled=cancelled,
+        completed_by=_user_id(ann.get("completed_by")),
+        ground_truth=bool(ann.get("ground_truth")),
+    )
+
+
+def _user_id(user: Any) -> int | None:
+    # Some Label Studio views expand the user into {"id": ..., "email": ...}.
+    return user.get("id") if isinstance(user, dict) else user
+
+
+def annotate_as_browser(client: LabelStudio, task_id: int, result: list[dict], *,
+                        was_cancelled: bool = False, ground_truth: bool = False) -> int:
+    """Submit an annotation through the REST API, as the labelling page does; its id.
+
+    ``was_cancelled=True`` is the "Skip" button (send ``result=[]``).
+    """
+    annotation = client.annotations.create(id=task_id, result=result, was_cancelled=was_cancelled,
+                                           ground_truth=ground_truth)
+    return annotation.id
