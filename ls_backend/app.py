@@ -1,0 +1,139 @@
+"""The HTTP contract of label-studio-ml 2.x on Flask 3: same routes, same JSON, thin handlers.
+
+GET /health (and /)  {"status": "UP", "model_class", "model_version", "training": {...}}
+POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
+POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
+POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
+GET /versions        {"versions": [...]}
+GET /metrics         counters and the training job's state
+
+Every error is JSON ``{"error": message}`` with a 4xx/5xx status; the server stays up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ls_backend.config import BackendConfig
+from ls_backend.jobs import ANNOTATION_EVENTS, TrainingJob
+from ls_backend.model import BackendError, SaliencyModel
+
+
+def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
+    """The backend for one run directory. ``preload`` loads the newest checkpoint now (servers do;
+    tests leave it to the first /predict)."""
+    model = SaliencyModel(config)
+    job = TrainingJob(model.fit, auto_train_after=config.auto_train_after)
+    if preload and model.latest_version() is not None:
+        model.snapshot()
+    app = Flask("ls_backend")
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the order label-studio-ml uses
+    app.extensions["hitl"] = {"model": model, "job": job, "config": config, "started": time.time()}
+    _install_auth(app, config)
+    _install_errors(app)
+    _install_routes(app, model, job)
+    return app
+
+
+def _json_body() -> dict:
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise BackendError("request body is not valid JSON", 400)
+    if not isinstance(data, dict):
+        raise BackendError(f"request body must be a JSON object, got {type(data).__name__}", 400)
+    return data
+
+
+def _project_id(project) -> int | None:
+    """Label Studio sends "<id>.<created-timestamp>" to /setup and /predict, a project object to /webhook."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    if project is None or project == "":
+        return None
+    try:
+        return int(str(project).split(".", 1)[0])
+    except ValueError:
+        raise BackendError(f"project must be '<id>.<timestamp>', an id or an object with 'id', got {project!r}", 400)
+
+
+def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(status="UP", model_class=type(model).__name__, model_version=model.latest_version(),
+                       training=job.status())  # fmt: skip
+
+    @app.post("/setup")
+    def setup():
+        data = _json_body()
+        _project_id(data.get("project"))
+        return jsonify(model_version=model.setup(data.get("schema")))
+
+    @app.post("/predict")
+    def predict():
+        data = _json_body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise BackendError("'tasks' must be a non-empty list of tasks", 400)
+        return jsonify(results=model.predict(tasks, data.get("label_config")))
+
+    @app.post("/webhook")
+    def webhook():
+        data = _json_body()
+        action = data.get("action")
+        if not isinstance(action, str):
+            raise BackendError("webhook body has no 'action'", 400)
+        project_id = _project_id(data.get("project"))
+        if action == "START_TRAINING":
+            started = job.trigger(project_id)
+            return jsonify(status="started" if started else "already running", training=job.status()), 201
+        if action in ANNOTATION_EVENTS:
+            started = job.note_annotation(project_id)
+            return jsonify(status="started" if started else "counted", training=job.status()), 201
+        return jsonify(status="Unknown event", action=action), 200
+
+    @app.get("/versions")
+    def versions():
+        return jsonify(versions=model.versions())
+
+    @app.get("/metrics")
+    def metrics():
+        return jsonify(model_version=model.latest_version(), predicted_tasks=model.predicted_tasks,
+                       uptime_s=time.time() - app.extensions["hitl"]["started"], training=job.status())  # fmt: skip
+
+
+def _install_errors(app: Flask) -> None:
+    @app.errorhandler(BackendError)
+    def backend_error(exc: BackendError):
+        return jsonify(error=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(error=f"{exc.name}: {exc.description}"), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        app.logger.exception("request failed")
+        return jsonify(error=f"{type(exc).__name__}: {exc}"), 500
+
+
+def _install_auth(app: Flask, config: BackendConfig) -> None:
+    if not config.basic_auth_user:
+        return
+    user, password = config.basic_auth_user.encode(), (config.basic_auth_pass or "").encode()
+
+    @app.before_request
+    def require_basic_auth():
+        auth = request.authorization
+        given_user = (auth.username or "").encode() if auth else b""
+        given_pass = (auth.password or "").encode() if auth else b""
+        # compare both, always, so the time taken does not tell which one was wrong
+        ok = hmac.compare_digest(given_user, user) & hmac.compare_digest(given_pass, password)
+        if not ok:
+            return Response('{"error": "basic auth required"}', 401, {"WWW-Authenticate": 'Basic realm="hitl"'},
+                            mimetype="application/json")  # fmt: skip
+        return None

@@ -1,0 +1,66 @@
+"""The backend's settings, from the environment names the Label Studio ecosystem uses.
+
+Read when a server starts (``BackendConfig.from_env()``), never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How the backend runs.
+
+    model_dir: a run directory made by ``trainer.run`` (its checkpoints are the models served).
+    label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with
+    ``Authorization: Token <api_key>``; the key is also how a training round pulls annotations.
+    basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them
+    when the backend is connected with basic auth). auto_train_after: start a round after this many
+    ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run.
+    """
+
+    model_dir: Path
+    label_studio_url: str | None = None
+    api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    auto_train_after: int = 0
+    device: str = "cpu"
+    image_timeout: float = 10.0
+    max_image_bytes: int = 50 * 2**20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.auto_train_after < 0:
+            raise ValueError(f"auto_train_after must be >= 0, got {self.auto_train_after}")
+        if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
+            raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "BackendConfig":
+        """From ``MODEL_DIR``, ``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_USER``,
+        ``BASIC_AUTH_PASS``, ``AUTO_TRAIN_AFTER`` and ``DEVICE``; ``environ`` defaults to ``os.environ``."""
+        env = os.environ if environ is None else environ
+        model_dir = env.get("MODEL_DIR")
+        if not model_dir:
+            raise ValueError("MODEL_DIR is not set: point it at a run directory (`hitl init`)")
+        after = env.get("AUTO_TRAIN_AFTER", "0")
+        try:
+            auto_train_after = int(after)
+        except ValueError:
+            raise ValueError(f"AUTO_TRAIN_AFTER must be an integer, got {after!r}") from None
+        return cls(
+            model_dir=Path(model_dir),
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or None),
+            api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            auto_train_after=auto_train_after,
+            device=env.get("DEVICE") or "cpu",
+        )

@@ -1,0 +1,117 @@
+"""Fetching a task's image: Label Studio uploads and local files, http(s) URLs and data URIs.
+
+Label Studio gives the backend URLs as the task holds them: relative ones (``/data/upload/3/x.png``,
+``/data/local-files/?d=images/x.png``) are served by Label Studio and need its API key, so they are
+resolved against ``LABEL_STUDIO_URL`` and fetched with ``Authorization: Token <key>``. The key is sent
+to Label Studio only, never to another host. Every failure is an ``ImageError`` naming the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import requests
+from PIL import Image, ImageOps
+
+
+class ImageError(ValueError):
+    """A task image that cannot be had. ``status``: the HTTP status the backend answers with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 80 else url[:77] + "..."
+
+
+def resolve_url(url: str, label_studio_url: str | None) -> tuple[str, bool]:
+    """``(absolute URL, whether it is Label Studio's)``; raises ImageError for what cannot be fetched."""
+    if not isinstance(url, str) or not url.strip():
+        raise ImageError(f"image URL must be a non-empty string, got {url!r}", 400)
+    if url.startswith("/"):
+        if not label_studio_url:
+            raise ImageError(
+                f"image URL {_short(url)!r} is relative to Label Studio, but LABEL_STUDIO_URL is not set", 422
+            )
+        return urljoin(label_studio_url.rstrip("/") + "/", url.lstrip("/")), True
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ImageError(
+            f"image URL {_short(url)!r} has unsupported scheme {scheme or '(none)'!r}: "
+            "use a Label Studio upload or local-files URL, http(s) or a data URI",
+            422,
+        )
+    ours = bool(label_studio_url) and _same_origin(url, label_studio_url)
+    return url, ours
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def fetch_image_bytes(
+    url: str,
+    *,
+    label_studio_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 10.0,
+    max_bytes: int = 50 * 2**20,
+    session: requests.Session | None = None,
+) -> bytes:
+    """The encoded image behind ``url`` (a data URI is decoded in place)."""
+    if isinstance(url, str) and url.startswith("data:"):
+        return _data_uri_bytes(url)
+    absolute, ours = resolve_url(url, label_studio_url)
+    headers = {"Authorization": f"Token {api_key}"} if ours and api_key else {}
+    http = session or requests
+    try:
+        with http.get(absolute, headers=headers, timeout=timeout, stream=True) as resp:
+            if resp.status_code != 200:
+                hint = " (check LABEL_STUDIO_API_KEY)" if ours and resp.status_code in (401, 403) else ""
+                raise ImageError(f"fetching image {_short(url)!r} gave HTTP {resp.status_code}{hint}", 502)
+            data = resp.raw.read(max_bytes + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise ImageError(f"cannot fetch image {_short(url)!r}: {type(exc).__name__}: {exc}", 502) from exc
+    if len(data) > max_bytes:
+        raise ImageError(f"image {_short(url)!r} is larger than {max_bytes} bytes", 413)
+    return data
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    head, sep, payload = uri.partition(",")
+    if not sep:
+        raise ImageError(f"data URI {_short(uri)!r} has no ',' before its payload", 400)
+    try:
+        if head.endswith(";base64"):
+            return base64.b64decode(payload, validate=True)
+        return unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"data URI {_short(uri)!r} is not valid base64: {exc}", 400) from exc
+
+
+def decode_image(data: bytes, url: str = "") -> Image.Image:
+    """Decode fully, upright per EXIF orientation (as ``trainer.data_files.load_image`` does for files)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageError(f"image {_short(url)!r} cannot be decoded: {exc}", 422) from exc
+
+
+def load_task_image(url: str, **fetch_options) -> Image.Image:
+    """Fetch and decode one task image; ``fetch_options`` as for ``fetch_image_bytes``."""
+    return decode_image(fetch_image_bytes(url, **fetch_options), url)
+
+
+def to_data_uri(image: Image.Image, fmt: str = "PNG") -> str:
+    """A PIL image as a data URI (tests and the benchmark build tasks with it)."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,183 @@
+"""The served model, as label-studio-ml examples shape it: one class with setup / predict / fit.
+
+Shape legend: N images (one per task), C channels, H x W pixels, G_h x G_w grid cells.
+
+The model is loaded once and replaced only when a newer checkpoint appears in the run directory. A
+training round builds its own model from the checkpoint file (``trainer.run``), so the object that
+predicts is never the one being trained; predictions take a lock because captum hooks the model.
+"""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from label_config.controls import check_config
+from label_config.config import suggestion_result
+from label_config.grid import Grid
+from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
+from ls_backend.config import BackendConfig
+from ls_backend.images import ImageError, load_task_image
+from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.data_files import model_view
+from trainer.explain import explain_batch
+from trainer.run import Run, training_round
+
+
+class BackendError(Exception):
+    """A request the backend cannot serve; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded checkpoint. ``stamp`` identifies the file version it came from."""
+
+    model: nn.Module
+    meta: dict
+    grid: Grid
+    stamp: tuple[str, int]
+
+    @property
+    def model_version(self) -> str:
+        return str(self.meta["model_version"])
+
+
+class SaliencyModel:
+    """Predicts with the newest checkpoint of a run directory and trains its next round."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.run = Run.open(config.model_dir)  # FileNotFoundError names a directory that is not a run
+        self._snapshot: Snapshot | None = None
+        self._load_lock = threading.Lock()
+        self._predict_lock = threading.Lock()
+        self.predicted_tasks = 0
+
+    # ------------------------------------------------------------------ versions
+    def latest_version(self) -> str | None:
+        """The model_version of the newest checkpoint, from its file name (cheap: nothing is loaded)."""
+        path = latest_checkpoint(self.run.checkpoint_dir)
+        return None if path is None else self.run.model_version(_round_of(path))
+
+    def versions(self) -> list[str]:
+        """Every checkpoint's model_version, oldest first."""
+        rounds = sorted(_round_of(p) for p in self.run.checkpoint_dir.glob("round-*.pt"))
+        return [self.run.model_version(r) for r in rounds]
+
+    def snapshot(self) -> Snapshot:
+        """The loaded newest checkpoint, reloaded only when the newest file changed."""
+        path = latest_checkpoint(self.run.checkpoint_dir)
+        if path is None:
+            raise BackendError(f"no trained model yet: {self.run.checkpoint_dir} holds no checkpoint", 503)
+        stamp = (path.name, path.stat().st_mtime_ns)
+        current = self._snapshot
+        if current is not None and current.stamp == stamp:
+            return current
+        with self._load_lock:
+            if self._snapshot is None or self._snapshot.stamp != stamp:
+                model, meta = load_checkpoint(path)
+                model.to(self.config.device).eval()
+                self._snapshot = Snapshot(model, meta, self._grid(meta), stamp)
+            return self._snapshot
+
+    def _grid(self, meta: dict) -> Grid:
+        size, grid = meta["image_size"], meta.get("grid")
+        return Grid(size, size, grid["rows"], grid["cols"]) if grid else self.run.grid
+
+    # ------------------------------------------------------------------ the three verbs
+    def setup(self, label_config: str | None) -> str | None:
+        """Check that the project's config has a control to mark cells with; the current model_version."""
+        if label_config is not None:
+            _controls(label_config)
+        return self.latest_version()
+
+    def predict(self, tasks: list[dict], label_config: str) -> list[dict]:
+        """One prediction per task: top-k salient cells as regions of the config's own control."""
+        controls = _controls(label_config)
+        region = controls.region
+        key = _data_key(label_config, region.to_name)
+        snap = self.snapshot()
+        images = torch.stack([self._view(task, key, snap.meta) for task in tasks])
+        with self._predict_lock:
+            found = explain_batch(
+                snap.model, images, snap.grid, method=self.run.config.saliency, top_k=self.run.config.top_k
+            )
+        classes = snap.meta["classes"]
+        out = []
+        for i, cells in enumerate(found.top):
+            k, p = int(found.predicted[i]), float(found.probs[i, found.predicted[i]])
+            peak = float(found.scores[i].max()) or 1.0
+            result = suggestion_result(
+                cells, snap.grid, score=[float(found.scores[i][r, c]) / peak for r, c in cells], control=region
+            )
+            for rank, item in enumerate(result, 1):
+                item["meta"] = {"text": [f"salient cell {rank} for class {classes[k]} (p = {p:.2f})"]}
+            out.append({
+                "result": result, "score": p, "model_version": snap.model_version,
+                PREDICTION_KEY: classes[k], PROBABILITY_KEY: p,
+            })  # fmt: skip
+        self.predicted_tasks += len(out)
+        return out
+
+    def _view(self, task, key: str, meta: dict) -> torch.Tensor:
+        """(C, H, W) in [0, 1]: the task's image through the same view training used."""
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise BackendError(f"each task needs a 'data' object, got {str(task)[:80]!r}", 400)
+        tid = task.get("id", "?")
+        if key not in task["data"]:
+            raise BackendError(
+                f"task {tid} has no data key {key!r} (the config's image reads ${key}); "
+                f"keys: {sorted(task['data'])}", 400,
+            )  # fmt: skip
+        try:
+            image = load_task_image(
+                task["data"][key], label_studio_url=self.config.label_studio_url, api_key=self.config.api_key,
+                timeout=self.config.image_timeout, max_bytes=self.config.max_image_bytes,
+            )  # fmt: skip
+        except ImageError as exc:
+            raise BackendError(f"task {tid}: {exc}", exc.status) from exc
+        return model_view(image, meta["image_size"], meta["in_channels"])
+
+    def fit(self, project_id: int | None) -> str:
+        """Train one round (pulling the project's annotations when Label Studio is configured); the new
+        model_version. Runs in the background job, never inside a request."""
+        client = None
+        if self.config.label_studio_url and self.config.api_key and project_id is not None:
+            from trainer.ls_client import connect
+
+            client = connect(self.config.label_studio_url, self.config.api_key)
+        return training_round(self.run.directory, label_studio=client, project_id=project_id if client else None)
+
+
+def _round_of(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[-1])
+
+
+def _controls(label_config):
+    if not isinstance(label_config, str) or not label_config.strip():
+        raise BackendError("the request has no label config (expected a non-empty XML string)", 400)
+    try:
+        return check_config(label_config)
+    except ValueError as exc:
+        raise BackendError(f"label config unusable: {exc}", 422) from exc
+
+
+def _data_key(label_config: str, object_name: str) -> str:
+    """The task-data key the Image object ``object_name`` reads (``value="$image"`` -> ``image``)."""
+    for el in ET.fromstring(label_config).iter():
+        attrs = {k.lower(): v for k, v in el.attrib.items()}
+        if attrs.get("name") == object_name and el.tag.lower() == "image":
+            value = attrs.get("value", "")
+            if value.startswith("$") and len(value) > 1:
+                return value[1:]
+            raise BackendError(f"Image {object_name!r} has value {value!r}, expected '$<data key>'", 422)
+    raise BackendError(f"label config has no Image named {object_name!r}", 422)
