@@ -31,13 +31,16 @@ def register(sub, bench) -> None:
     p = sub.add_parser("train", help="train the next round from the last checkpoint with the ledger's feedback")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: DistributedDataParallel, one process per GPU (gloo on CPU)")
     p.set_defaults(func=_train)
 
     try:
-        from trainer import lsloop
+        from trainer import demo, lsloop
     except ImportError:
         return
     lsloop.register(sub)
+    demo.register(sub)
 
 
 def _init(args) -> int:
@@ -53,6 +56,14 @@ def _init(args) -> int:
 
 
 def _train(args) -> int:
+    if args.distributed:
+        from trainer.distributed import DistEnv, train_rounds
+
+        env = DistEnv.from_environ()
+        if env is None:
+            raise ValueError("--distributed needs torchrun (RANK and WORLD_SIZE are unset): "
+                             "torchrun --nproc-per-node N $(which hitl) train RUN --distributed")
+        return train_rounds(args.run_dir, args.rounds, env)
     run = Run.open(args.run_dir)
     for _ in range(args.rounds):
         record = run.train_next_round(progress=True)

@@ -99,10 +99,12 @@ def shard_loader(train_set: Dataset, feedback: Feedback, cfg: TrainConfig, *, en
     return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
 
 
-def replay_pool(train_set: Dataset, feedback: Feedback, grid: Grid, *, env: DistEnv, seed: int) -> ReplayPool:
+def replay_pool(
+    train_set: Dataset, feedback: Feedback, grid: Grid, *, env: DistEnv, seed: int, counterexamples: float = 0.0
+) -> ReplayPool:
     """This rank's replay draws: its own stream, so ranks do not all replay the same annotated images."""
     seeds = [seed, env.rank]  # numpy's default_rng takes a sequence: one independent stream per rank
-    return ReplayPool(train_set, feedback, grid, feedback.annotated_ids(), seed=seeds)  # type: ignore[arg-type]
+    return ReplayPool(train_set, feedback, grid, feedback.annotated_ids(), seed=seeds, counterexamples=counterexamples)
 
 
 @dataclass
@@ -137,7 +139,7 @@ def train_round_ddp(
         optimizer.load_state_dict(optimizer.state_dict())
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = shard_loader(train_set, feedback, cfg, env=env, seed=seed)
-    replay = replay_pool(train_set, feedback, grid, env=env, seed=seed)
+    replay = replay_pool(train_set, feedback, grid, env=env, seed=seed, counterexamples=cfg.counterexamples)
     penalise = bool(feedback.annotated_ids())  # the same on every rank: the same number of DDP forwards
     result = DistRoundResult(lam=cfg.lam)
     for epoch in range(cfg.epochs):
