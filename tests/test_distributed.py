@@ -88,7 +88,7 @@ def _reference(case: str, cfg: TrainConfig | None = None) -> tuple[list[torch.Te
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     envs = [DistEnv(r, WORLD, r) for r in range(WORLD)]
     loaders = [shard_loader(data, feedback, cfg, env=e, seed=7) for e in envs]
-    pools = [replay_pool(data, feedback, GRID, env=e, seed=7) for e in envs]
+    pools = [replay_pool(data, feedback, GRID, env=e, seed=7, counterexamples=cfg.counterexamples) for e in envs]
     per_epoch = []
     for epoch in range(cfg.epochs):
         stats = [[0, 0.0] for _ in envs]
