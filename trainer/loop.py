@@ -30,15 +30,19 @@ from trainer.loss import auto_lambda, rrr_penalty
 @dataclass(frozen=True)
 class TrainConfig:
     """How one round trains. ``lam`` < 0 means automatic: set so the penalty equals CE at the round's first
-    penalised step (Ross et al. chose lambda so both terms have the same order of magnitude)."""
+    penalised step (Ross et al. chose lambda so both terms have the same order of magnitude).
+    ``warmup_steps`` ramps lambda linearly from 0 over a round's first penalised steps: a model that leans
+    on a decoy starts with a huge penalty, and taking it at full weight at once can collapse the model to
+    uniform predictions (whose input gradient is zero everywhere)."""
 
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lam: float = 1000.0
+    lam: float = 10.0
+    warmup_steps: int = 60
     replay: int = 16
-    counterexamples: float = 0.5
+    counterexamples: float = 1.0
     device: str = "cpu"
     num_workers: int = 0
 
@@ -108,6 +112,7 @@ def train_round(
     annotated = feedback.annotated_ids()
     replay = ReplayPool(train_set, feedback, grid, annotated, seed=seed, counterexamples=cfg.counterexamples)
     result = RoundResult(lam=cfg.lam)
+    penalised_steps = 0
     iterator = _maybe_tqdm(range(cfg.epochs), progress, "epochs")
     for epoch in iterator:
         model.train()
@@ -118,7 +123,9 @@ def train_round(
             xa, wa = xa.to(device), wa.to(device)
             if n_drawn:  # drawn rows join the batch's CE too; the batch's own annotated rows are in it already
                 x, y = torch.cat([x, xa[:n_drawn]]), torch.cat([y, ya[:n_drawn].to(device)])
-            loss, ce, pen = step_loss(model, x, y, xa, wa, result, first=sums[3] == 0 and epoch == 0)
+            ramp = min(1.0, (penalised_steps + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            loss, ce, pen = step_loss(model, x, y, xa, wa, result, first=penalised_steps == 0, scale=ramp)
+            penalised_steps += len(xa) > 0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -137,7 +144,7 @@ def train_round(
     return result
 
 
-def step_loss(model, x, y, xa, wa, result: RoundResult, *, first: bool):
+def step_loss(model, x, y, xa, wa, result: RoundResult, *, first: bool, scale: float = 1.0):
     """(loss, ce, mean penalty) for one step. x: (B, C, H, W); xa: (M, C, H, W) annotated rows; wa: (M, H, W)."""
     ce = F.cross_entropy(model(x), y)
     if len(xa) == 0:
@@ -145,7 +152,7 @@ def step_loss(model, x, y, xa, wa, result: RoundResult, *, first: bool):
     pen = rrr_penalty(model, xa, wa).mean()
     if result.lam < 0 and first:
         result.lam = auto_lambda(ce, pen)
-    return ce + abs(result.lam) * pen, ce, pen
+    return ce + scale * abs(result.lam) * pen, ce, pen
 
 
 class ReplayPool:
@@ -175,9 +182,9 @@ class ReplayPool:
         drawn from outside the batch, then the batch's own annotated images."""
         in_batch = [int(i) for i in batch_ids if int(i) in self.annotated]
         drawn: list[int] = []
-        if k > 0 and len(self.pool):
-            drawn = [int(i) for i in self.rng.choice(self.pool, size=min(k, len(self.pool)), replace=False)]
-            drawn = [i for i in drawn if i not in in_batch]
+        candidates = self.pool[~np.isin(self.pool, in_batch)] if in_batch else self.pool
+        if k > 0 and len(candidates):
+            drawn = [int(i) for i in self.rng.choice(candidates, size=min(k, len(candidates)), replace=False)]
         rows = [self._row(i) for i in drawn + in_batch]
         if not rows:
             return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), 0
