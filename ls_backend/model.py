@@ -24,7 +24,7 @@ from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
 from ls_backend.config import BackendConfig
 from ls_backend.images import ImageError, load_task_image
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.data_files import model_view
+from trainer.view import model_view
 from trainer.explain import explain_batch
 from trainer.run import Run, training_round
 

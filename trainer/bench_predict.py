@@ -21,7 +21,7 @@ from PIL import Image
 
 from label_config.config import suggestion_result
 from label_config.grid import Grid
-from trainer.data_files import model_view
+from trainer.view import model_view
 from trainer.explain import explain_batch
 from trainer.models import build_model
 from trainer.saliency import METHODS
