@@ -75,7 +75,8 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -197,7 +198,7 @@ class LabelStudioServer:
         self._store_credentials()
         if self.port is None:
             self.port = free_port(self.host)
-        elif not _port_free(self.host, self.port):
+        elif not port_free(self.host, self.port):
             # Label Studio would move to another port silently and /health here would ask someone else.
             raise OSError(f"port {self.port} on {self.host} is taken; pass port=None to pick a free one")
         # --internal-host is the bind address; LS's --host is the public URL prefix, which we leave empty.
