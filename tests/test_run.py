@@ -57,3 +57,19 @@ def test_choose_samples_excludes_given_ids(tmp_path, one_torch_thread):
     first = run.choose_samples(model, 5, exclude=set())
     second = run.choose_samples(model, 5, exclude=set(first))
     assert len(set(first) | set(second)) == 10
+
+
+def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_thread):
+    run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY, saliency="saliency"))
+    record = run.train_next_round()
+    assert 0 <= record["irrelevant_share"] <= 1
+
+
+@pytest.mark.parametrize("dataset, image_size, channels, expect", [
+    ("decoy-mnist", None, None, "small-cnn"), ("decoy-mnist-rgb", None, None, "resnet18"),
+    ("decoy-mnist", 112, 3, "resnet18"),
+])
+def test_default_model_follows_the_images(dataset, image_size, channels, expect):
+    from trainer.commands import default_model
+
+    assert default_model(dataset, image_size, channels) == expect

@@ -12,7 +12,8 @@ def register(sub, bench) -> None:
     p = sub.add_parser("init", help="create a run directory (dataset, model, grid, training settings)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--dataset", default=RunConfig.dataset, help="decoy-mnist, decoy-mnist-rgb, folder:PATH or csv:PATH")
-    p.add_argument("--model", default=RunConfig.model)
+    p.add_argument("--model", default=None,
+                   help="small-cnn, resnet18, resnet50 (default: small-cnn for 1-channel images up to 32 px, else resnet18)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--channels", type=int, default=None)
     p.add_argument("--cell-px", type=int, default=RunConfig.cell_px, help="grid cell side in model-input pixels")
@@ -44,6 +45,8 @@ def register(sub, bench) -> None:
 
 
 def _init(args) -> int:
+    if args.model is None:
+        args.model = default_model(args.dataset, args.image_size, args.channels)
     config = with_overrides(
         RunConfig(), dataset=args.dataset, model=args.model, image_size=args.image_size, channels=args.channels,
         cell_px=args.cell_px, seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
@@ -53,6 +56,18 @@ def _init(args) -> int:
     run = Run.create(args.run_dir, config)
     print(f"run {run.directory}: {len(run.datasets[0])} training images, classes {run.classes}, grid {run.grid.shape}")
     return 0
+
+
+def default_model(dataset: str, image_size: int | None, channels: int | None) -> str:
+    """A small CNN for MNIST-sized grey images, torchvision's resnet18 for RGB or larger images."""
+    from trainer.data import load_dataset
+
+    if dataset in ("decoy-mnist", "decoy-mnist-clean") and (image_size or 28) <= 32 and (channels or 1) == 1:
+        return "small-cnn"
+    if dataset.startswith("decoy-mnist"):
+        return "resnet18"
+    c, h, _ = load_dataset(dataset, size=image_size, channels=channels)[0].image_shape
+    return "small-cnn" if c == 1 and h <= 32 else "resnet18"
 
 
 def _train(args) -> int:

@@ -35,6 +35,7 @@ from trainer import plots
 from trainer.checkpoint import checkpoint_path, load_checkpoint
 from trainer.feedback import Feedback
 from trainer.loop import evaluate
+from trainer.metrics import test_irrelevant_share
 from trainer.lsserver import LabelStudioServer, free_port, port_free
 from trainer.run import Run, RunConfig, with_overrides
 from trainer.services import BackendProcess, connect_backend, link_project
@@ -181,14 +182,12 @@ def train_baseline(directory: str, rounds: int) -> list[dict]:
 
 def summarise(run: Run) -> dict:
     """The newest model of an arm on the decoy test set: acc, min loss, irrelevant share, annotated fraction."""
-    from trainer.experiment import ExperimentConfig, irrelevant_share_on
-
     train, test = run.datasets
     model, _, _ = run.load_model()
     acc, _ = evaluate(model, test)
     history = run.history()
     losses = [h["min_loss"] for h in history if h.get("min_loss") is not None]
-    share = irrelevant_share_on(model, test, ExperimentConfig(dataset=run.config.dataset, saliency=run.config.saliency))
+    share = test_irrelevant_share(model, test, method=run.config.saliency)
     return {
         "acc": acc, "min_loss": min(losses) if losses else None, "irrelevant_share": share,
         "annotated_fraction": len(run.feedback().annotated_ids()) / len(train),

@@ -25,6 +25,7 @@ from label_config.grid import Grid
 from trainer.data import load_dataset, train_fraction
 from trainer.feedback import Feedback
 from trainer.loop import TrainConfig, evaluate, make_optimizer, train_round
+from trainer.metrics import test_irrelevant_share
 from trainer.models import build_model
 from trainer.sampling import predict_probs, select
 
@@ -134,23 +135,11 @@ def run_arm(cfg: ExperimentConfig, kind: str, seed: int, budget: float, strategy
     return {
         "acc": acc,
         "min_loss": float(min(losses)),
-        "irrelevant_share": irrelevant_share_on(model, test, cfg),
+        "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
         "annotated_fraction": len(feedback.annotated_ids()) / len(train),
         "history": history,
         "seconds": time.perf_counter() - started,
     }
-
-
-def irrelevant_share_on(model, test, cfg: ExperimentConfig) -> float:
-    """Mean share of the saliency (for the predicted class) inside the true decoy, over test images."""
-    from trainer.saliency import attribute, irrelevant_share
-
-    n = min(cfg.share_images, len(test))
-    images, masks = test.images[:n], test.decoy_masks[:n]
-    with torch.no_grad():
-        target = model.eval()(images).argmax(1)
-    sal = attribute(model, images, target, method=cfg.saliency, batch_size=128)
-    return float(irrelevant_share(sal, masks).mean())
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:

@@ -25,7 +25,8 @@ from label_config.grid import Grid
 from trainer.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, save_checkpoint
 from trainer.data import load_dataset
 from trainer.feedback import Feedback
-from trainer.loop import TrainConfig, evaluate, make_optimizer, train_round
+from trainer.loop import TrainConfig, make_optimizer, train_round
+from trainer.metrics import test_irrelevant_share
 from trainer.models import build_model
 from trainer.sampling import SamplingConfig, predict_probs, select
 
@@ -167,6 +168,7 @@ class Run:
             "label_fixes": len(feedback.labels),
             "acc": result.epochs[-1].val_acc if result.epochs else None,
             "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
+            "irrelevant_share": test_irrelevant_share(model, test, method=self.config.saliency, limit=200),
             **result.to_dict(),
         }
         meta = self.meta(round_)
