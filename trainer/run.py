@@ -134,6 +134,8 @@ class Run:
         ch, h, _ = self.image_shape
         torch.manual_seed(c.seed)
         model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights)
+        # On the training device before the optimizer exists: load_state_dict then puts Adam's state there too.
+        model.to(c.train.device)
         optimizer = make_optimizer(model, c.train)
         latest = latest_checkpoint(self.checkpoint_dir)
         if latest is None:
