@@ -224,23 +224,16 @@ def broadcast_object(obj, env: DistEnv):
 def train_next_round(run, env: DistEnv, device: torch.device) -> dict:
     """``Run.train_next_round`` across ranks: rank 0 reads the feedback and writes checkpoint and history.
     Returns the round's record on every rank."""
-    from trainer.checkpoint import checkpoint_path, save_checkpoint
-
-    model, optimizer, _ = run.load_model()
+    model, optimizer, _ = run.load_model(device)
     round_ = run.current_round() + 1
     feedback = broadcast_object(run.feedback() if env.rank == 0 else None, env)
     train, test = run.datasets
     result = train_round_ddp(model, train, feedback, run.grid, run.config.train, env=env, device=device,
                              optimizer=optimizer, val_set=test, seed=run.config.seed * 1000 + round_)  # fmt: skip
-    record = {
-        "round": round_, "model_version": run.model_version(round_), "annotated": len(feedback.annotated_ids()),
-        "label_fixes": len(feedback.labels), "acc": result.epochs[-1].val_acc if result.epochs else None,
-        "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
-        "world_size": env.world_size, **result.to_dict(),
-    }  # fmt: skip
+    record = {"world_size": env.world_size}
     if env.rank == 0:
-        save_checkpoint(checkpoint_path(run.checkpoint_dir, round_), model, run.meta(round_), optimizer)
-        run._append_history(record)
+        record = run.finish_round(round_, model, optimizer, feedback, result, world_size=env.world_size)
+    record = broadcast_object(record, env)
     # The checkpoint is complete before any rank reads it for the next round.
     dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
     return record

@@ -128,14 +128,15 @@ class Run:
     def model_version(self, round_: int) -> str:
         return f"{self.name}-r{round_:03d}"
 
-    def load_model(self) -> tuple[nn.Module, torch.optim.Optimizer, dict | None]:
-        """(model, optimizer, meta) of the newest checkpoint, or a fresh model and meta None."""
+    def load_model(self, device: str | torch.device | None = None) -> tuple[nn.Module, torch.optim.Optimizer, dict | None]:
+        """(model, optimizer, meta) of the newest checkpoint, or a fresh model and meta None; on ``device``
+        (default: the config's training device)."""
         c = self.config
         ch, h, _ = self.image_shape
         torch.manual_seed(c.seed)
         model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights)
         # On the training device before the optimizer exists: load_state_dict then puts Adam's state there too.
-        model.to(c.train.device)
+        model.to(device or c.train.device)
         optimizer = make_optimizer(model, c.train)
         latest = latest_checkpoint(self.checkpoint_dir)
         if latest is None:
@@ -163,6 +164,11 @@ class Run:
             model, train, feedback, self.grid, cfg, optimizer=optimizer, val_set=test,
             seed=self.config.seed * 1000 + round_, progress=progress,
         )  # fmt: skip
+        return self.finish_round(round_, model, optimizer, feedback, result)
+
+    def finish_round(self, round_: int, model: nn.Module, optimizer, feedback: Feedback, result, **extra) -> dict:
+        """The round's record (metrics on the test set), its checkpoint and its history entry; the record."""
+        _, test = self.datasets
         record = {
             "round": round_,
             "model_version": self.model_version(round_),
@@ -171,10 +177,10 @@ class Run:
             "acc": result.epochs[-1].val_acc if result.epochs else None,
             "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
             "irrelevant_share": test_irrelevant_share(model, test, method=self.config.saliency, limit=200),
+            **extra,
             **result.to_dict(),
         }
-        meta = self.meta(round_)
-        save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, meta, optimizer)
+        save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, self.meta(round_), optimizer)
         self._append_history(record)
         return record
 
