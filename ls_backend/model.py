@@ -155,7 +155,7 @@ class SaliencyModel:
             from trainer.ls_client import connect
 
             client = connect(self.config.label_studio_url, self.config.api_key)
-        return training_round(self.run.directory, label_studio=client, project_id=project_id if client else None)
+        return training_round(self.run, label_studio=client, project_id=project_id if client else None)
 
 
 def _round_of(path: Path) -> int:

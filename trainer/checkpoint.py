@@ -60,6 +60,14 @@ def checkpoint_path(directory: str | Path, round_: int) -> Path:
     return Path(directory) / f"round-{round_:03d}.pt"
 
 
+def checkpoint_round(path: str | Path) -> int:
+    """The round a checkpoint file holds, from its name ``round-NNN.pt`` (no need to read the file)."""
+    m = _ROUND_FILE.search(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not named round-NNN.pt")
+    return int(m.group(1))
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The checkpoint of the highest round in a directory, or None."""
     directory = Path(directory)

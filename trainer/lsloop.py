@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -209,13 +208,8 @@ def run_loop(run, client, link: Link, *, rounds: int, min_annotations: int | Non
 
 
 def _train(run, feedback, progress: bool, log) -> dict:
-    began = datetime.now(timezone.utc)
-    record = run.train_next_round(feedback, progress=progress)
-    if feedback is not None:
-        run.ledger.record_feedback(record["round"], feedback)
+    record = run.train_next_round(feedback, progress=progress)  # also records the round and its feedback in the ledger
     summary = {k: record.get(k) for k in ("round", "model_version", "annotated", "label_fixes", "acc")}
-    run.ledger.record_round(record["round"], record["model_version"], started_at=began,
-                            finished_at=datetime.now(timezone.utc), metrics=summary)
     log(json.dumps(summary))
     return record
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from label_config.grid import Grid
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, save_checkpoint
+from trainer.checkpoint import checkpoint_path, checkpoint_round, latest_checkpoint, read_checkpoint, save_checkpoint
 from trainer.data import load_dataset
 from trainer.feedback import Feedback
 from trainer.loop import TrainConfig, make_optimizer, train_round
@@ -123,7 +124,7 @@ class Run:
     def current_round(self) -> int:
         """The round of the newest checkpoint, -1 before round 0 finished."""
         latest = latest_checkpoint(self.checkpoint_dir)
-        return -1 if latest is None else int(read_checkpoint(latest)["meta"]["round"])
+        return -1 if latest is None else checkpoint_round(latest)
 
     def model_version(self, round_: int) -> str:
         return f"{self.name}-r{round_:03d}"
@@ -134,11 +135,12 @@ class Run:
         c = self.config
         ch, h, _ = self.image_shape
         torch.manual_seed(c.seed)
-        model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights)
+        latest = latest_checkpoint(self.checkpoint_dir)
+        # The local weights file only seeds round 0: a later round starts from its checkpoint, file or no file.
+        model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights if latest is None else None)
         # On the training device before the optimizer exists: load_state_dict then puts Adam's state there too.
         model.to(device or c.train.device)
         optimizer = make_optimizer(model, c.train)
-        latest = latest_checkpoint(self.checkpoint_dir)
         if latest is None:
             return model, optimizer, None
         state = read_checkpoint(latest)
@@ -155,6 +157,7 @@ class Run:
 
     def train_next_round(self, feedback: Feedback | None = None, *, progress: bool = False) -> dict:
         """Train the next round from the newest checkpoint; save its checkpoint and history entry."""
+        started_at = datetime.now(timezone.utc)
         model, optimizer, _ = self.load_model()
         round_ = self.current_round() + 1
         feedback = self.feedback() if feedback is None else feedback
@@ -164,10 +167,13 @@ class Run:
             model, train, feedback, self.grid, cfg, optimizer=optimizer, val_set=test,
             seed=self.config.seed * 1000 + round_, progress=progress,
         )  # fmt: skip
-        return self.finish_round(round_, model, optimizer, feedback, result)
+        return self.finish_round(round_, model, optimizer, feedback, result, started_at=started_at)
 
-    def finish_round(self, round_: int, model: nn.Module, optimizer, feedback: Feedback, result, **extra) -> dict:
-        """The round's record (metrics on the test set), its checkpoint and its history entry; the record."""
+    def finish_round(self, round_: int, model: nn.Module, optimizer, feedback: Feedback, result, *, started_at=None,
+                     **extra) -> dict:  # fmt: skip
+        """The round's record (metrics on the test set), then the ledger (the feedback it trained with), the
+        checkpoint and the history entry. The ledger comes first and is keyed by round: a crash before the
+        checkpoint retrains the round and rewrites the same rows."""
         _, test = self.datasets
         record = {
             "round": round_,
@@ -180,6 +186,11 @@ class Run:
             **extra,
             **result.to_dict(),
         }
+        summary = {k: record[k] for k in ("annotated", "label_fixes", "acc", "min_loss", "irrelevant_share")}
+        with self.ledger.transaction():
+            self.ledger.record_feedback(round_, feedback)
+            self.ledger.record_round(round_, record["model_version"], started_at=started_at,
+                                     finished_at=datetime.now(timezone.utc), metrics=summary)  # fmt: skip
         save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, self.meta(round_), optimizer)
         self._append_history(record)
         return record
@@ -209,9 +220,11 @@ class Run:
         _write_json(self.directory / "history.json", history)
 
 
-def training_round(run_dir: str | Path, *, label_studio=None, project_id: int | None = None, progress: bool = False) -> str:
-    """Pull annotations (when given a Label Studio client and project), train one round; the new model_version."""
-    run = Run.open(run_dir)
+def training_round(run: "Run | str | Path", *, label_studio=None, project_id: int | None = None,
+                   progress: bool = False) -> str:  # fmt: skip
+    """Pull annotations (when given a Label Studio client and project), train one round; the new model_version.
+    ``run`` is a Run (its datasets and ledger stay open across rounds) or a run directory."""
+    run = run if isinstance(run, Run) else Run.open(run)
     if label_studio is not None and project_id is not None:
         from trainer.lsloop import pull
 
