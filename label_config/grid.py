@@ -46,10 +46,6 @@ class Grid:
         """(G_h, G_w)."""
         return (self.rows, self.cols)
 
-    @property
-    def num_cells(self) -> int:
-        return self.rows * self.cols
-
     def row_edges(self) -> np.ndarray:
         """(G_h + 1,) pixel row boundaries."""
         return (np.arange(self.rows + 1) * self.height) // self.rows

@@ -24,7 +24,7 @@ import torch
 from label_config.grid import Grid
 from trainer.data import load_dataset, train_fraction
 from trainer.feedback import Feedback
-from trainer.loop import TrainConfig, evaluate, make_optimizer, train_round
+from trainer.loop import TrainConfig, make_optimizer, train_round
 from trainer.metrics import test_irrelevant_share
 from trainer.models import build_model
 from trainer.sampling import predict_probs, select
@@ -131,9 +131,8 @@ def run_arm(cfg: ExperimentConfig, kind: str, seed: int, budget: float, strategy
         result = train_round(model, train, feedback, grid, cfg.train, optimizer=optimizer, val_set=test, seed=seed * 100 + round_)
         losses += [e.val_loss for e in result.epochs]
         history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids())})
-    acc, _ = evaluate(model, test)
     return {
-        "acc": acc,
+        "acc": history[-1]["acc"],  # the last epoch's accuracy on the test set
         "min_loss": float(min(losses)),
         "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
         "annotated_fraction": len(feedback.annotated_ids()) / len(train),

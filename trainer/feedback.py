@@ -39,11 +39,3 @@ class Feedback:
             if cells is not None and np.any(cells):
                 out[row] = torch.from_numpy(grid.cells_to_mask(cells))
         return out
-
-    def merge(self, other: "Feedback") -> "Feedback":
-        """A new Feedback in which ``other`` wins where both speak about a sample."""
-        return Feedback(
-            cells={**self.cells, **other.cells},
-            labels={**self.labels, **other.labels},
-            skipped=(self.skipped - set(other.cells) - set(other.labels)) | other.skipped,
-        )

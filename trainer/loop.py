@@ -116,7 +116,7 @@ def train_round(
     iterator = _maybe_tqdm(range(cfg.epochs), progress, "epochs")
     for epoch in iterator:
         model.train()
-        sums = np.zeros(4)  # loss, ce, penalty, penalised rows
+        sums = np.zeros(5)  # loss * rows, ce * rows, penalty * penalised rows, penalised rows, rows
         for x, y, ids in loader:
             x, y = x.to(device), torch.as_tensor(y).to(device)
             xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay)
@@ -129,8 +129,8 @@ def train_round(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += [loss.item() * len(y), ce.item() * len(y), pen.item() * len(xa), len(xa)]
-        n_rows = len(loader.dataset)
+            sums += [loss.item() * len(y), ce.item() * len(y), pen.item() * len(xa), len(xa), len(y)]
+        n_rows = sums[4]  # batch rows plus replayed rows: what the losses were averaged over
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=sums[0] / max(1, n_rows),
