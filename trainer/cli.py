@@ -59,15 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_registrations():
-    """Commands owned by other modules (the run loop, Label Studio, the backend), wired in one place."""
+    """Commands owned by other modules, wired in one place. ``ls_backend`` sits above ``trainer``, so its
+    ``serve`` command arrives through the ``hitl.commands`` entry point, never through an import here."""
+    from importlib.metadata import entry_points
+
     from trainer import commands
 
     yield commands.register
-    try:  # ls_backend sits above trainer: import it lazily and only for the CLI
-        from ls_backend.cli import register
-    except ImportError:
-        return
-    yield register
+    for entry in entry_points(group="hitl.commands"):
+        yield entry.load()
 
 
 def main(argv: list[str] | None = None) -> int:
