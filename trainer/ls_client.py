@@ -152,7 +152,8 @@ def _sample_id(data: dict, key: str, task_id: int) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"task {task_id} has {key}={value!r}, expected an integer sample id") from None
+        # A task someone imported by hand: not ours, so it must not stop the pull of everyone else's work.
+        return None
 
 
 def _record(project_id: int, task_id: int, sample_id: int | None, ann: Any) -> AnnotationRecord:
