@@ -25,6 +25,7 @@ import numpy as np
 
 from label_config.grid import Grid
 from trainer.feedback import Feedback
+from trainer.rasterise import combine_cells
 
 SCHEMA_VERSION = 1
 FEEDBACK_MODES = ("union", "majority")
@@ -254,10 +255,11 @@ class Ledger:
             if not given:
                 out.skipped.add(sample_id)
                 continue
-            cells = [self._cells_for(grid, sample_id, r) for r in given if r[2] is not None]
-            if cells:
-                votes = np.sum(cells, axis=0)
-                out.cells[sample_id] = votes > 0 if mode == "union" else votes * 2 > len(given)
+            if any(r[2] is not None for r in given):
+                # An annotation without cells is a vote for none: it counts in the majority's denominator.
+                none = np.zeros(grid.shape, dtype=bool)
+                votes = [none if r[2] is None else self._cells_for(grid, sample_id, r) for r in given]
+                out.cells[sample_id] = combine_cells(votes, mode=mode)
             fixes = [r[3] for r in given if r[3] is not None]
             if fixes:
                 out.labels[sample_id] = fixes[-1] if mode == "union" else _most_common_latest(fixes)
