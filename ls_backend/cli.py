@@ -42,9 +42,5 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register(sub, bench) -> None:
-    """What ``trainer.cli`` calls: ``hitl serve``, and ``hitl bench predict`` unless already registered."""
+    """What ``trainer.cli`` calls through the ``hitl.commands`` entry point: ``hitl serve``."""
     add_serve_parser(sub)
-    if "predict" not in bench.choices:
-        from trainer.bench_predict import add_parser
-
-        add_parser(bench)

@@ -485,15 +485,9 @@ def test_bench_predict_reports_the_ratio():
 
 
 def test_cli_registers_serve_and_bench_predict(run):
-    import argparse
+    from trainer.cli import build_parser  # serve arrives through the hitl.commands entry point
 
-    from ls_backend.cli import register
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    bench = sub.add_parser("bench").add_subparsers(dest="bench")
-    register(sub, bench)
-    register(argparse.ArgumentParser().add_subparsers(), bench)  # bench predict already there: no clash
+    parser = build_parser()
     args = parser.parse_args(["serve", "--model-dir", str(run.directory), "--port", "9999"])
     assert (args.model_dir, args.port, args.func.__name__) == (str(run.directory), 9999, "serve")
     assert parser.parse_args(["bench", "predict", "--json"]).json

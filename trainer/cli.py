@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     from trainer import bench as bench_step
+    from trainer import bench_predict
 
     bench_step.add_parser(bench)
+    bench_predict.add_parser(bench)
     for register in _optional_registrations():
         register(sub, bench)
     return parser
