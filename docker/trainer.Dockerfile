@@ -1,6 +1,6 @@
 # The trainer: `hitl` (rounds, push to and pull from Label Studio). Built from the repository root:
 # docker compose build trainer. For GPUs, build with TORCH_INDEX=https://download.pytorch.org/whl/cu124 and
-# run several ranks with `torchrun --nproc-per-node N -m trainer.distributed RUN_DIR`.
+# run several ranks with `torchrun --nproc-per-node N -m trainer.runs.distributed RUN_DIR`.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

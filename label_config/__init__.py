@@ -1,23 +1,8 @@
-"""The labelling config room: the grid, the control names and the Label Studio XML (pure: no torch, no HTTP)."""
+"""The labelling config room. Pure: no torch, no HTTP, no environment.
 
-from label_config.config import (
-    build_config,
-    check_classes,
-    display_px_for,
-    display_size,
-    suggestion_result,
-)
-from label_config.controls import ConfigControls, Control, check_config
-from label_config.grid import Grid
-
-__all__ = [
-    "ConfigControls",
-    "Control",
-    "Grid",
-    "build_config",
-    "check_classes",
-    "check_config",
-    "display_px_for",
-    "display_size",
-    "suggestion_result",
-]
+Owns the grid (``grid``: cell geometry in pixels and percent), the names every control, object and data key
+goes by (``names``), the labelling config XML built for a dataset's classes (``config``), the one parsed view
+of a project's own config (``controls``), and both directions of the geometry: grid cells -> suggested regions
+(``config.suggestion_result``) and Label Studio regions -> grid cells (``rasterise``). It imports only the
+standard library and numpy; ``trainer`` and ``ls_backend`` import it, never the other way round.
+"""

@@ -24,8 +24,9 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from label_config.controls import ConfigControls, Control, check_config  # noqa: F401 (re-export)
-from label_config.names import (  # noqa: F401 (re-exported; label_config.names owns them)
+from label_config.controls import Control
+from label_config.grid import Grid
+from label_config.names import (
     ANNOTATED,
     CELL_POINT,
     CELL_POINT_LABEL,
@@ -47,7 +48,6 @@ from label_config.names import (  # noqa: F401 (re-exported; label_config.names 
     SKIP,
     SKIP_CHOICE,
 )
-from label_config.grid import Grid
 
 GRID_COLOR = "#00FFFF"  # LS draws the grid at 15% opacity; cyan stays visible on dark digits and heat maps
 

@@ -1,8 +1,10 @@
-"""Which of our controls a (possibly user-edited) labelling config has, and what they are called there.
+"""The one parsed view of a (possibly user-edited) labelling config: our controls, its objects and the
+task-data key each object reads.
 
 The ML backend names its regions after the project's own config (a prediction whose ``from_name`` or
-``to_name`` is not in the config is silently not shown by Label Studio), and the rasteriser and the
-label-fix parser read the same names. Parsed with the standard library (pure, no SDK import):
+``to_name`` is not in the config is silently not shown by Label Studio) and reads the image from the data key
+the annotated object names; the rasteriser and the label-fix parser read the same names. Nothing else
+parses the XML. Parsed with the standard library (pure, no SDK import):
 Label Studio treats tag and attribute names case-insensitively, so we do too.
 """
 
@@ -13,8 +15,8 @@ from dataclasses import dataclass
 
 from label_config.names import CELL_POINT, CELL_RECT, CORRECT_LABEL, LABEL_CHECK, SKIP
 
-_RECT_TAGS = ("rectanglelabels", "rectangle")
-_POINT_TAGS = ("keypointlabels", "keypoint")
+RECT_TAGS = ("rectanglelabels", "rectangle")  # region types that mark cells by area
+POINT_TAGS = ("keypointlabels", "keypoint")  # region types that mark the cell under a click
 _VALUE_TAGS = ("label", "choice")
 
 
@@ -30,7 +32,8 @@ class Control:
 
 @dataclass(frozen=True)
 class ConfigControls:
-    """The controls we use, ``None`` where the config lacks one; ``objects`` maps object name -> tag."""
+    """The controls we use, ``None`` where the config lacks one; ``objects`` maps object name -> tag;
+    ``data_keys`` maps object name -> the task-data key it reads (``value="$image"`` -> ``image``)."""
 
     rect: Control | None
     point: Control | None
@@ -38,11 +41,21 @@ class ConfigControls:
     correct_label: Control | None
     skip: Control | None
     objects: tuple[tuple[str, str], ...]
+    data_keys: tuple[tuple[str, str], ...] = ()
 
     @property
     def region(self) -> Control:
         """The control predictions should use to mark cells: the rectangle tool when there is one."""
         return self.rect if self.rect is not None else self.point  # type: ignore[return-value]
+
+    def data_key(self, object_name: str) -> str:
+        """The task-data key the object ``object_name`` reads; ValueError naming what is wrong otherwise."""
+        keys = dict(self.data_keys)
+        if object_name not in dict(self.objects):
+            raise ValueError(f"label config has no object named {object_name!r} (objects: {sorted(dict(self.objects))})")
+        if object_name not in keys:
+            raise ValueError(f"object {object_name!r} does not read a task-data key (expected value='$<data key>')")
+        return keys[object_name]
 
 
 def _attrs(el: ET.Element) -> dict[str, str]:
@@ -77,15 +90,17 @@ def check_config(xml: str) -> ConfigControls:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise ValueError(f"label config is not valid XML: {exc}") from exc
-    objects, controls = [], []
+    objects, controls, data_keys = [], [], []
     for el in root.iter():
         attrs = _attrs(el)
         if "toname" in attrs and "name" in attrs:
             controls.append(_control(el))
         elif "name" in attrs and "value" in attrs and el.tag.lower() not in _VALUE_TAGS:
             objects.append((attrs["name"], el.tag.lower()))
-    rect = _pick(controls, _RECT_TAGS, CELL_RECT)
-    point = _pick(controls, _POINT_TAGS, CELL_POINT)
+            if attrs["value"].startswith("$") and len(attrs["value"]) > 1:
+                data_keys.append((attrs["name"], attrs["value"][1:]))
+    rect = _pick(controls, RECT_TAGS, CELL_RECT)
+    point = _pick(controls, POINT_TAGS, CELL_POINT)
     if rect is None and point is None:
         raise ValueError(
             f"label config has no RectangleLabels or KeyPointLabels control (expected {CELL_RECT!r} or "
@@ -106,4 +121,5 @@ def check_config(xml: str) -> ConfigControls:
         correct_label=by_name.get(CORRECT_LABEL),
         skip=by_name.get(SKIP),
         objects=tuple(objects),
+        data_keys=tuple(data_keys),
     )

@@ -13,6 +13,7 @@ ROUND_KEY = "round"
 LABEL_KEY = "label"
 PREDICTION_KEY = "prediction"
 PROBABILITY_KEY = "probability"
+MODEL_VERSION_KEY = "model_version"  # the model that made a task's overlay and suggestions
 
 # Controls (from_name) and the label each shows; the labels differ so the two tools look different.
 CELL_POINT = "irrelevant_cell"  # KeyPointLabels: a click marks the cell under it

@@ -42,5 +42,5 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register(sub, bench) -> None:
-    """What ``trainer.cli`` calls through the ``hitl.commands`` entry point: ``hitl serve``."""
+    """What ``trainer.app.cli`` calls through the ``hitl.commands`` entry point: ``hitl serve``."""
     add_serve_parser(sub)

@@ -15,7 +15,7 @@ from pathlib import Path
 class BackendConfig:
     """How the backend runs.
 
-    model_dir: a run directory made by ``trainer.run`` (its checkpoints are the models served).
+    model_dir: a run directory made by ``trainer.runs.run`` (its checkpoints are the models served).
     label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with
     ``Authorization: Token <api_key>``; the key is also how a training round pulls annotations.
     basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them

@@ -14,7 +14,9 @@ import io
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import requests
-from PIL import Image, ImageOps
+from PIL import Image
+
+from trainer.data.view import BadImageError, decode_image
 
 
 class ImageError(ValueError):
@@ -95,19 +97,14 @@ def _data_uri_bytes(uri: str) -> bytes:
         raise ImageError(f"data URI {_short(uri)!r} is not valid base64: {exc}", 400) from exc
 
 
-def decode_image(data: bytes, url: str = "") -> Image.Image:
-    """Decode fully, upright per EXIF orientation (as ``trainer.data_files.load_image`` does for files)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise ImageError(f"image {_short(url)!r} cannot be decoded: {exc}", 422) from exc
-
-
 def load_task_image(url: str, **fetch_options) -> Image.Image:
-    """Fetch and decode one task image; ``fetch_options`` as for ``fetch_image_bytes``."""
-    return decode_image(fetch_image_bytes(url, **fetch_options), url)
+    """Fetch and decode one task image (decoded as training decodes files: ``trainer.data.view``);
+    ``fetch_options`` as for ``fetch_image_bytes``."""
+    data = fetch_image_bytes(url, **fetch_options)
+    try:
+        return decode_image(data, _short(url))
+    except BadImageError as exc:
+        raise ImageError(f"image {_short(url)!r} cannot be decoded: {exc.problems[0][1]}", 422) from exc
 
 
 def to_data_uri(image: Image.Image, fmt: str = "PNG") -> str:

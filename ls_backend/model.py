@@ -3,30 +3,36 @@
 Shape legend: N images (one per task), C channels, H x W pixels, G_h x G_w grid cells.
 
 The model is loaded once and replaced only when a newer checkpoint appears in the run directory. A
-training round builds its own model from the checkpoint file (``trainer.run``), so the object that
+training round builds its own model from the checkpoint file (``trainer.runs.run``), so the object that
 predicts is never the one being trained; predictions take a lock because captum hooks the model.
 """
 
 from __future__ import annotations
 
 import threading
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from label_config.controls import check_config
 from label_config.config import suggestion_result
+from label_config.controls import ConfigControls, check_config
 from label_config.grid import Grid
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
 from ls_backend.config import BackendConfig
 from ls_backend.images import ImageError, load_task_image
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.view import model_view
-from trainer.explain import explain_batch
-from trainer.run import Run, training_round
+from trainer.data.view import model_view
+from trainer.explain.batch import explain_batch
+from trainer.explain.deeplift import DeepLiftTwin
+from trainer.labelstudio.client import connect
+from trainer.labelstudio.loop import training_round
+from trainer.runs.checkpoint import (
+    checkpoint_round,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from trainer.runs.run import Run
 
 
 class BackendError(Exception):
@@ -45,6 +51,7 @@ class Snapshot:
     meta: dict
     grid: Grid
     stamp: tuple[str, int]
+    twin: DeepLiftTwin  # built once per checkpoint: /predict reuses it
 
     @property
     def model_version(self) -> str:
@@ -66,12 +73,11 @@ class SaliencyModel:
     def latest_version(self) -> str | None:
         """The model_version of the newest checkpoint, from its file name (cheap: nothing is loaded)."""
         path = latest_checkpoint(self.run.checkpoint_dir)
-        return None if path is None else self.run.model_version(_round_of(path))
+        return None if path is None else self.run.model_version(checkpoint_round(path))
 
     def versions(self) -> list[str]:
         """Every checkpoint's model_version, oldest first."""
-        rounds = sorted(_round_of(p) for p in self.run.checkpoint_dir.glob("round-*.pt"))
-        return [self.run.model_version(r) for r in rounds]
+        return [self.run.model_version(r) for r, _ in list_checkpoints(self.run.checkpoint_dir)]
 
     def snapshot(self) -> Snapshot:
         """The loaded newest checkpoint, reloaded only when the newest file changed."""
@@ -86,7 +92,9 @@ class SaliencyModel:
             if self._snapshot is None or self._snapshot.stamp != stamp:
                 model, meta = load_checkpoint(path)
                 model.to(self.config.device).eval()
-                self._snapshot = Snapshot(model, meta, self._grid(meta), stamp)
+                size, ch = meta["image_size"], meta["in_channels"]
+                twin = DeepLiftTwin(model, torch.zeros(1, ch, size, size, device=self.config.device))
+                self._snapshot = Snapshot(model, meta, self._grid(meta), stamp, twin)
             return self._snapshot
 
     def _grid(self, meta: dict) -> Grid:
@@ -104,12 +112,16 @@ class SaliencyModel:
         """One prediction per task: top-k salient cells as regions of the config's own control."""
         controls = _controls(label_config)
         region = controls.region
-        key = _data_key(label_config, region.to_name)
+        try:
+            key = controls.data_key(region.to_name)
+        except ValueError as exc:
+            raise BackendError(f"label config unusable: {exc}", 422) from exc
         snap = self.snapshot()
         images = torch.stack([self._view(task, key, snap.meta) for task in tasks])
         with self._predict_lock:
             found = explain_batch(
-                snap.model, images, snap.grid, method=self.run.config.saliency, top_k=self.run.config.top_k
+                snap.model, images, snap.grid, method=self.run.config.saliency, top_k=self.run.config.top_k,
+                twin=snap.twin,
             )
         classes = snap.meta["classes"]
         out = []
@@ -152,32 +164,14 @@ class SaliencyModel:
         model_version. Runs in the background job, never inside a request."""
         client = None
         if self.config.label_studio_url and self.config.api_key and project_id is not None:
-            from trainer.ls_client import connect
-
             client = connect(self.config.label_studio_url, self.config.api_key)
         return training_round(self.run, label_studio=client, project_id=project_id if client else None)
 
 
-def _round_of(path: Path) -> int:
-    return int(path.stem.rsplit("-", 1)[-1])
-
-
-def _controls(label_config):
+def _controls(label_config) -> ConfigControls:
     if not isinstance(label_config, str) or not label_config.strip():
         raise BackendError("the request has no label config (expected a non-empty XML string)", 400)
     try:
         return check_config(label_config)
     except ValueError as exc:
         raise BackendError(f"label config unusable: {exc}", 422) from exc
-
-
-def _data_key(label_config: str, object_name: str) -> str:
-    """The task-data key the Image object ``object_name`` reads (``value="$image"`` -> ``image``)."""
-    for el in ET.fromstring(label_config).iter():
-        attrs = {k.lower(): v for k, v in el.attrib.items()}
-        if attrs.get("name") == object_name and el.tag.lower() == "image":
-            value = attrs.get("value", "")
-            if value.startswith("$") and len(value) > 1:
-                return value[1:]
-            raise BackendError(f"Image {object_name!r} has value {value!r}, expected '$<data key>'", 422)
-    raise BackendError(f"label config has no Image named {object_name!r}", 422)

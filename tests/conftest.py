@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from trainer.lsserver import LabelStudioServer, default_ls_venv
+from trainer.app.lsserver import LabelStudioServer, default_ls_venv
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def label_studio(tmp_path_factory):
     if not (venv / "bin" / "label-studio").exists():
         pytest.fail(
             f"Label Studio venv not found at {venv}: run "
-            f"`python -m trainer.lsserver ensure-venv`, "
+            f"`python -m trainer.app.lsserver ensure-venv`, "
             f"or set HITL_LS_VENV to a venv with label-studio installed",
             pytrace=False,
         )
@@ -40,7 +40,7 @@ def ls_client(label_studio):
     return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
 
-# --- Runs for the Label Studio loop tests (tests/test_lsloop.py, test_browser.py, test_run_loop.py) ------
+# --- Runs for the Label Studio loop tests (tests/labelstudio/: test_loop, test_browser, test_run_command) ------
 
 _RUN_NAMES = itertools.count()
 # decoy-mnist, small-cnn: about 3 s a round on 1 thread, with or without the penalty
@@ -50,7 +50,7 @@ TINY_RUN = {"train.epochs": 1, "train.batch_size": 128, "train.replay": 4, "samp
 @pytest.fixture(scope="session")
 def round0_run(tmp_path_factory):
     """A tiny decoy-mnist run with round 0 trained. A template: copy it with ``fresh_run``, never change it."""
-    from trainer.run import Run, RunConfig, with_overrides
+    from trainer.runs.run import Run, RunConfig, with_overrides
 
     run = Run.create(tmp_path_factory.mktemp("round0") / "template", with_overrides(RunConfig(), **TINY_RUN))
     with _one_torch_thread():
@@ -77,7 +77,7 @@ def fresh_run(round0_run, tmp_path):
     title and the image folder, all shared by the one Label Studio server)."""
     import shutil
 
-    from trainer.run import Run
+    from trainer.runs.run import Run
 
     directory = tmp_path / f"run-{next(_RUN_NAMES):03d}"
     shutil.copytree(round0_run.directory, directory,

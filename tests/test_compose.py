@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.lsserver import default_ls_venv
+from trainer.app.lsserver import default_ls_venv
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -73,7 +73,7 @@ def backend_names() -> set[str]:
 
 
 def trainer_names(monkeypatch) -> set[str]:
-    from trainer import ls_client
+    from trainer.labelstudio import client as ls_client
 
     env = RecordingEnviron({"LABEL_STUDIO_URL": "http://label-studio:8080", "LABEL_STUDIO_API_KEY": "0" * 40})
     monkeypatch.setattr(os, "environ", env)
@@ -81,13 +81,13 @@ def trainer_names(monkeypatch) -> set[str]:
     monkeypatch.undo()
     entrypoint = (REPO / "docker" / "trainer-entrypoint.sh").read_text()
     shell_names = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", entrypoint))
-    return env.asked | names_read_in(sorted((REPO / "trainer").glob("*.py"))) | shell_names
+    return env.asked | names_read_in(sorted((REPO / "trainer").rglob("*.py"))) | shell_names
 
 
 def label_studio_names() -> set[str]:
     """Names Label Studio's settings and server read: ``get_env('X')`` answers to X and LABEL_STUDIO_X."""
     sources = list(default_ls_venv().glob("lib/python*/site-packages/label_studio"))
-    assert sources, f"Label Studio is not installed in {default_ls_venv()} (python -m trainer.lsserver ensure-venv)"
+    assert sources, f"Label Studio is not installed in {default_ls_venv()} (python -m trainer.app.lsserver ensure-venv)"
     files = [*sources[0].glob("core/settings/*.py"), sources[0] / "server.py"]
     found = {m for f in files for m in re.findall(r"get_(?:bool_)?env\(\s*'([A-Z][A-Z0-9_]+)'", f.read_text())}
     return found | {"LABEL_STUDIO_" + n for n in found}
@@ -197,7 +197,7 @@ def test_dockerfile_copies_files_that_exist(dockerfile):
 
 
 def test_trainer_command_is_a_hitl_command(compose):
-    from trainer.cli import build_parser
+    from trainer.app.cli import build_parser
 
     defaults = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")  # compose substitutes the default when unset
     command = [defaults.sub(r"\1", c) for c in compose["services"]["trainer"]["command"]]

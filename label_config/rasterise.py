@@ -1,0 +1,252 @@
+"""Label Studio regions -> grid cells, and an annotation -> the feedback it carries. Pure: no I/O.
+
+Shape legend: G_h x G_w grid cells.
+
+Geometry follows Label Studio: a rectangle's ``x, y, width, height`` are percent of the original image
+size, ``(x, y)`` is the top-left corner before rotation and ``rotation`` turns it clockwise (y points
+down) about that corner, in pixel space (so the image's aspect ratio matters). A keypoint's ``x, y``
+is a percent position. Cells are uniform in percent (``Grid.cell_box_percent``), so the rasteriser
+works in cell units, where cell ``(r, c)`` is ``[c, c + 1) x [r, r + 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from label_config.controls import POINT_TAGS, RECT_TAGS, ConfigControls
+from label_config.grid import Grid
+from label_config.names import CORRECT_LABEL, LABEL_CHECK, LABEL_OK, SKIP
+
+COORD_SLOP = 0.05  # percent: LS float noise (or a rotated corner) may poke out this far; clipped
+MIN_OVERLAP = 1e-6  # fraction of a cell: less overlap is rounding noise at a cell border, not a mark
+_SNAP = 1e-7  # cell units: a point this close to a cell border is on it (then it belongs to the next cell)
+
+
+def _where(task_id, annotation_id, item: dict) -> str:
+    return f"task {task_id}, annotation {annotation_id}, region {item.get('id')!r}"
+
+
+def _number(value: dict, key: str, where: str, default: float | None = None) -> float:
+    raw = value.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{where}: {key} must be a number, got {raw!r}")
+    if not math.isfinite(raw):
+        raise ValueError(f"{where}: {key} must be finite, got {raw!r}")
+    return float(raw)
+
+
+def _cos_sin(degrees: float) -> tuple[float, float]:
+    """Exact for multiples of 90 degrees, so right-angle rotations stay axis-aligned."""
+    quarter = degrees / 90.0
+    if quarter == round(quarter):
+        return [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][int(round(quarter)) % 4]
+    rad = math.radians(degrees)
+    return math.cos(rad), math.sin(rad)
+
+
+def _rect_corners(item: dict, grid: Grid, where: str) -> tuple[np.ndarray, bool]:
+    """(4, 2) corners ``(x, y)`` in percent of the image, validated; and whether it is axis-aligned."""
+    value = item.get("value") or {}
+    x, y = _number(value, "x", where), _number(value, "y", where)
+    w, h = _number(value, "width", where), _number(value, "height", where)
+    rot = _number(value, "rotation", where, default=0.0)
+    if w < 0 or h < 0:
+        raise ValueError(f"{where}: width and height must be >= 0, got width={w!r}, height={h!r}")
+    img_w = _number(item, "original_width", where, default=grid.width)
+    img_h = _number(item, "original_height", where, default=grid.height)
+    if img_w <= 0 or img_h <= 0:
+        raise ValueError(f"{where}: original size must be positive, got {img_w!r} x {img_h!r}")
+    cos, sin = _cos_sin(rot)
+    # Rotate in pixels (aspect matters), then back to percent.
+    dx = np.array([0.0, w, w, 0.0]) * img_w / 100.0
+    dy = np.array([0.0, 0.0, h, h]) * img_h / 100.0
+    px = x + (dx * cos - dy * sin) * 100.0 / img_w
+    py = y + (dx * sin + dy * cos) * 100.0 / img_h
+    corners = np.stack([px, py], axis=1)
+    _check_range(corners, where)
+    return corners, cos * sin == 0.0
+
+
+def _check_range(points: np.ndarray, where: str) -> None:
+    bad = (points < -COORD_SLOP) | (points > 100.0 + COORD_SLOP)
+    if bad.any():
+        raise ValueError(f"{where}: coordinates {points[bad.any(axis=1)].round(4).tolist()} fall outside 0..100 %")
+
+
+def _to_cells(points_pct: np.ndarray, grid: Grid) -> np.ndarray:
+    """Percent (x, y) -> cell units (u, v)."""
+    _, _, cell_w, cell_h = grid.cell_box_percent(0, 0)
+    return points_pct / np.array([cell_w, cell_h])
+
+
+def _point_cell(u: float, v: float, grid: Grid) -> tuple[int, int]:
+    """The cell containing a point in cell units; on a border it belongs to the next cell (half-open)."""
+    u = round(u) if abs(u - round(u)) < _SNAP else u
+    v = round(v) if abs(v - round(v)) < _SNAP else v
+    return (min(max(int(math.floor(v)), 0), grid.rows - 1), min(max(int(math.floor(u)), 0), grid.cols - 1))
+
+
+def _clip(poly: list[tuple[float, float]], axis: int, bound: float, keep_below: bool) -> list:
+    """Sutherland-Hodgman: the part of a convex polygon on one side of an axis-aligned line."""
+    out: list[tuple[float, float]] = []
+    inside = (lambda p: p[axis] <= bound) if keep_below else (lambda p: p[axis] >= bound)
+    for i, cur in enumerate(poly):
+        prev = poly[i - 1]
+        if inside(cur) != inside(prev):
+            t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+            out.append((prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])))
+        if inside(cur):
+            out.append(cur)
+    return out
+
+
+def _area(poly: list[tuple[float, float]]) -> float:
+    return 0.5 * abs(sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(poly, poly[1:] + poly[:1])))
+
+
+def _overlaps(corners: np.ndarray, grid: Grid, axis_aligned: bool) -> np.ndarray:
+    """(G_h, G_w) area (in cells) of the convex quadrilateral ``corners`` (cell units) in each cell."""
+    u, v = corners[:, 0], corners[:, 1]
+    if axis_aligned:
+        # Rotation a multiple of 90 degrees: overlap is a product of interval overlaps (exact, fast).
+        cols, rows = np.arange(grid.cols), np.arange(grid.rows)
+        ow = np.clip(np.minimum(u.max(), cols + 1) - np.maximum(u.min(), cols), 0, None)
+        oh = np.clip(np.minimum(v.max(), rows + 1) - np.maximum(v.min(), rows), 0, None)
+        return np.outer(oh, ow)
+    out = np.zeros(grid.shape)
+    c0, c1 = max(int(math.floor(u.min())), 0), min(int(math.ceil(u.max())), grid.cols)
+    r0, r1 = max(int(math.floor(v.min())), 0), min(int(math.ceil(v.max())), grid.rows)
+    poly = [(float(a), float(b)) for a, b in corners]
+    for r in range(r0, r1):
+        band = _clip(_clip(poly, 1, r, False), 1, r + 1, True)
+        for c in range(c0, c1):
+            cell = _clip(_clip(band, 0, c, False), 0, c + 1, True)
+            out[r, c] = _area(cell) if len(cell) >= 3 else 0.0
+    return out
+
+
+def _rect_cells(item: dict, grid: Grid, where: str, min_overlap: float) -> np.ndarray:
+    corners_pct, axis_aligned = _rect_corners(item, grid, where)
+    corners = _to_cells(corners_pct, grid)
+    overlap = _overlaps(corners, grid, axis_aligned)
+    marked = overlap > min_overlap
+    if not marked.any():
+        # A (near) zero-size rectangle is a point: mark the cell holding its centre.
+        marked[_point_cell(*corners.mean(axis=0), grid)] = True
+    return marked
+
+
+def regions_to_cells(
+    result: list[dict],
+    grid: Grid,
+    *,
+    task_id=None,
+    annotation_id=None,
+    to_names: Sequence[str] | None = None,
+    min_overlap: float = MIN_OVERLAP,
+) -> np.ndarray:
+    """Cells marked by one annotation's (or prediction's) regions.
+
+    result: Label Studio ``result`` items; ``rectanglelabels``/``rectangle`` mark every cell they
+    overlap by more than ``min_overlap`` of a cell (a zero-size one marks the cell holding it),
+    ``keypointlabels``/``keypoint`` the cell holding the point; other types are ignored, as are
+    regions whose ``to_name`` is not in ``to_names`` (when given). Returns (G_h, G_w) bool.
+    Raises ValueError naming the task, annotation and region on malformed geometry.
+    """
+    cells = np.zeros(grid.shape, dtype=bool)
+    for item in result:
+        kind = str(item.get("type", "")).lower()
+        if kind not in RECT_TAGS + POINT_TAGS:
+            continue
+        if to_names is not None and item.get("to_name") not in to_names:
+            continue
+        where = _where(task_id, annotation_id, item)
+        if kind in RECT_TAGS:
+            cells |= _rect_cells(item, grid, where, min_overlap)
+        else:
+            value = item.get("value") or {}
+            point = np.array([[_number(value, "x", where), _number(value, "y", where)]])
+            _check_range(point, where)
+            cells[_point_cell(*_to_cells(point, grid)[0], grid)] = True
+    return cells
+
+
+@dataclass(frozen=True, eq=False)
+class AnnotationFeedback:
+    """What one annotation says about its image. cells: (G_h, G_w) bool, read-only."""
+
+    cells: np.ndarray
+    label_fix: int | None  # index into classes of the right class, when the label is wrong
+    skip: bool
+
+
+def _choices(result: list[dict], name: str | None, where: str) -> list[str]:
+    if name is None:
+        return []
+    found: list[str] = []
+    for item in result:
+        if item.get("from_name") == name and str(item.get("type", "")).lower() == "choices":
+            chosen = (item.get("value") or {}).get("choices", [])
+            if not isinstance(chosen, list):
+                raise ValueError(f"{where}: choices of {name!r} must be a list, got {chosen!r}")
+            found.extend(chosen)
+    return found
+
+
+def parse_annotation(
+    result: list[dict],
+    grid: Grid,
+    classes: list[str],
+    *,
+    task_id=None,
+    annotation_id=None,
+    controls: ConfigControls | None = None,
+) -> AnnotationFeedback:
+    """Cells, label fix and skip flag of one annotation's ``result``.
+
+    The correct-label choice counts unless the annotator also said the label is correct (a choice
+    hidden again in the UI may linger in the result). ``controls`` (from ``check_config``) supplies a
+    project's own control names; by default ours. Raises ValueError on an unknown class name.
+    """
+    where = f"task {task_id}, annotation {annotation_id}"
+    names = {
+        "check": controls.label_check.name if controls and controls.label_check else LABEL_CHECK,
+        "fix": controls.correct_label.name if controls and controls.correct_label else CORRECT_LABEL,
+        "skip": controls.skip.name if controls and controls.skip else SKIP,
+    }
+    cells = regions_to_cells(result, grid, task_id=task_id, annotation_id=annotation_id)
+    cells.setflags(write=False)
+    fixes = _choices(result, names["fix"], where)
+    label_fix = None
+    if fixes and LABEL_OK not in _choices(result, names["check"], where):
+        if len(set(fixes)) > 1:
+            raise ValueError(f"{where}: several correct labels chosen: {fixes}")
+        if fixes[0] not in classes:
+            raise ValueError(f"{where}: correct label {fixes[0]!r} is not one of the classes {list(classes)}")
+        label_fix = list(classes).index(fixes[0])
+    skip = bool(_choices(result, names["skip"], where))
+    return AnnotationFeedback(cells=cells, label_fix=label_fix, skip=skip)
+
+
+def combine_cells(cells_list: Sequence[np.ndarray], *, mode: str = "union") -> np.ndarray:
+    """Merge several annotators' cells of one image.
+
+    cells_list: A arrays of (G_h, G_w) bool. ``union``: any annotator marked the cell;
+    ``majority``: more than half of them did (so a tie, e.g. 1 of 2, is not a majority).
+    Returns (G_h, G_w) bool.
+    """
+    if mode not in ("union", "majority"):
+        raise ValueError(f"mode must be 'union' or 'majority', got {mode!r}")
+    if len(cells_list) == 0:
+        raise ValueError("cells_list is empty: nothing to combine")
+    shapes = {np.shape(c) for c in cells_list}
+    if len(shapes) > 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"cells must all be (G_h, G_w) of one shape, got shapes {sorted(shapes)}")
+    stack = np.stack([np.asarray(c, dtype=bool) for c in cells_list])
+    if mode == "union":
+        return stack.any(axis=0)
+    return 2 * stack.sum(axis=0) > len(cells_list)

@@ -1,0 +1,98 @@
+"""The round loop: replayed annotated rows carry the penalty, counterexamples only touch the mask W,
+lambda warms up, label corrections reach the loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from label_config.grid import Grid
+from trainer.core.feedback import Feedback
+from trainer.core.loop import (
+    ReplayPool,
+    TrainConfig,
+    counterexample,
+    evaluate,
+    train_round,
+)
+from trainer.core.models import build_model
+from trainer.data.benchmarks import TensorDataset
+
+GRID = Grid(8, 8, 2, 2)
+
+
+def _data(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3, ["a", "b", "c"])
+
+
+def _feedback(ids):
+    return Feedback(cells={i: np.array([[True, False], [False, False]]) for i in ids})
+
+
+def test_counterexample_changes_only_masked_pixels():
+    x = torch.rand(6, 3, 8, 8)
+    w = torch.from_numpy(GRID.cells_to_mask(np.array([[True, False], [False, True]])))[None].expand(6, -1, -1)
+    out = counterexample(x, w, 1.0, np.random.default_rng(0))
+    inside = w[:, None].expand_as(x) > 0
+    assert torch.equal(out[~inside], x[~inside])
+    assert not torch.equal(out[inside], x[inside])
+    assert torch.equal(counterexample(x, w, 0.0, np.random.default_rng(0)), x)
+
+
+def test_replay_pool_draws_annotated_rows_and_keeps_batch_rows():
+    data = _data()
+    fb = _feedback([1, 5, 9])
+    pool = ReplayPool(data, fb, GRID, fb.annotated_ids(), seed=0, counterexamples=0.0)
+    x, y, w, n_drawn = pool.rows(torch.tensor([5, 6, 7]), k=2)
+    assert n_drawn == 2 and len(x) == 3  # two drawn from {1, 9} plus the batch's own annotated row 5
+    assert torch.equal(x[-1], data.images[5])
+    assert torch.all(w[:, :4, :4] == 1) and torch.all(w[:, 4:, :] == 0)
+    with pytest.raises(ValueError, match="counterexamples"):
+        ReplayPool(data, fb, GRID, [1], seed=0, counterexamples=2.0)
+
+
+def _one_step(lam: float, warmup_steps: int):
+    """One step of ``train_round`` (learning rate 0, so the step changes nothing) on 8 rows, 2 annotated."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 3, 1, 8)
+    data = _data(8)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.0, lam=lam, warmup_steps=warmup_steps, replay=0)
+    return train_round(model, data, _feedback([0, 1]), GRID, cfg, seed=0).epochs[0], model
+
+
+@pytest.mark.parametrize("warmup_steps, ramp", [(0, 1.0), (1, 1.0), (4, 0.25)])
+def test_warmup_ramps_lambda_over_the_first_penalised_steps(warmup_steps, ramp):
+    epoch, _ = _one_step(10.0, warmup_steps)
+    assert epoch.penalised_rows == 2 and epoch.penalty > 0
+    assert epoch.train_loss == pytest.approx(epoch.train_ce + ramp * 10.0 * epoch.penalty, rel=1e-5)
+
+
+def test_auto_lambda_makes_the_first_penalised_step_twice_the_ce():
+    epoch, _ = _one_step(-1.0, 0)
+    assert epoch.train_loss == pytest.approx(2 * epoch.train_ce, rel=1e-4)
+
+
+def test_round_penalises_annotated_rows_and_applies_label_fixes():
+    torch.manual_seed(0)
+    data = _data(48)
+    model = build_model("small-cnn", 3, 1, 8)
+    fb = _feedback([0, 1, 2])
+    fb.labels = {i: 0 for i in range(48)}  # every label corrected to class 0
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=5e-3, replay=2, warmup_steps=0)
+    result = train_round(model, data, fb, GRID, cfg, val_set=data)
+    assert all(e.penalised_rows > 0 and e.penalty > 0 for e in result.epochs)
+    with torch.no_grad():
+        predicted = model.eval()(data.images).argmax(1)
+    assert (predicted == 0).float().mean() > 0.9  # it learned the corrected labels, not the original ones
+    acc, loss = evaluate(model, data)
+    with torch.no_grad():
+        logits = model(data.images)
+    assert acc == pytest.approx((logits.argmax(1) == data.labels).float().mean().item())
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, data.labels).item(), rel=1e-5)
+
+
+def test_no_feedback_means_no_penalty():
+    data = _data()
+    result = train_round(build_model("small-cnn", 3, 1, 8), data, Feedback(), GRID, TrainConfig(epochs=1, batch_size=16))
+    assert result.epochs[0].penalised_rows == 0 and result.epochs[0].penalty == 0
+

@@ -1,0 +1,290 @@
+"""Label Studio regions -> grid cells, annotations -> feedback (pure; property tests with hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from label_config.config import suggestion_result
+from label_config.controls import check_config
+from label_config.grid import Grid
+from label_config.names import (
+    CELL_POINT,
+    CELL_RECT,
+    CORRECT_LABEL,
+    LABEL_CHECK,
+    LABEL_OK,
+    LABEL_WRONG,
+    SKIP,
+    SKIP_CHOICE,
+)
+from label_config.rasterise import (
+    AnnotationFeedback,
+    combine_cells,
+    parse_annotation,
+    regions_to_cells,
+)
+
+# Square cells in pixels (as LS's grid needs), including a non-square image and a grid that does
+# not divide its image.
+GRIDS = [Grid(28, 28, 7, 7), Grid(224, 224, 4, 4), Grid(30, 50, 3, 5), Grid(28, 28, 9, 9)]
+CLASSES = ["zero", "one", "two"]
+
+
+def rect(x, y, w, h, rotation=0.0, *, rid="r1", grid=None, **extra):
+    item = {"id": rid, "from_name": CELL_RECT, "to_name": "image", "type": "rectanglelabels",
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation,
+                      "rectanglelabels": ["Irrelevant area"]}}
+    if grid is not None:
+        item.update(original_width=grid.width, original_height=grid.height)
+    item.update(extra)
+    return item
+
+
+def point(x, y, *, rid="p1"):
+    return {"id": rid, "from_name": CELL_POINT, "to_name": "image", "type": "keypointlabels",
+            "value": {"x": x, "y": y, "width": 1.0, "keypointlabels": ["Irrelevant cell"]}}
+
+
+def only(grid, *cells):
+    out = np.zeros(grid.shape, dtype=bool)
+    for rc in cells:
+        out[rc] = True
+    return out
+
+
+def grid_and_cell():
+    return st.sampled_from(GRIDS).flatmap(
+        lambda g: st.tuples(st.just(g), st.integers(0, g.rows - 1), st.integers(0, g.cols - 1)))
+
+
+# --- rectangles -------------------------------------------------------------------------------
+
+@given(grid_and_cell(), st.sampled_from([0.0, 1e-6, -1e-6, 1e-9]))
+def test_rectangle_covering_a_cell_marks_only_that_cell_despite_rounding(gc, noise):
+    grid, r, c = gc
+    x, y, w, h = grid.cell_box_percent(r, c)
+    item = rect(max(x + noise, 0.0), max(y + noise, 0.0), w - noise, h - noise, grid=grid)
+    assert np.array_equal(regions_to_cells([item], grid), only(grid, (r, c)))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_edge_and_corner_cells(grid):
+    last_r, last_c = grid.rows - 1, grid.cols - 1
+    for r, c in [(0, 0), (0, last_c), (last_r, 0), (last_r, last_c)]:
+        x, y, w, h = grid.cell_box_percent(r, c)
+        assert np.array_equal(regions_to_cells([rect(x, y, w, h)], grid), only(grid, (r, c)))
+    assert regions_to_cells([rect(0, 0, 100, 100)], grid).all()
+    # LS float slop just past the border is clipped, not an error.
+    assert regions_to_cells([rect(-0.01, -0.01, 100.02, 100.02)], grid).all()
+
+
+@given(st.sampled_from(GRIDS).flatmap(
+    lambda g: st.tuples(st.just(g), st.lists(st.tuples(st.integers(0, g.rows - 1), st.integers(0, g.cols - 1)),
+                                             max_size=20))))
+def test_suggestion_result_round_trips_through_regions_to_cells(grid_cells):
+    grid, cells = grid_cells
+    items = suggestion_result(cells, grid, display_px=10 * grid.cols)
+    assert np.array_equal(regions_to_cells(items, grid), only(grid, *cells))
+
+
+@pytest.mark.parametrize("grid", [Grid(28, 28, 7, 7), Grid(30, 50, 3, 5)], ids=str)
+@pytest.mark.parametrize("rotation, dr, dc", [(0, 0, 0), (90, 0, -1), (180, -1, -1), (270, -1, 0),
+                                              (360, 0, 0), (-90, -1, 0), (450, 0, -1)])
+def test_right_angle_rotation_about_top_left_corner(grid, rotation, dr, dc):
+    # A cell-sized square turned about its top-left corner (clockwise, y down) lands on a neighbour.
+    r, c = 1, 2
+    x, y, w, h = grid.cell_box_percent(r, c)
+    item = rect(x, y, w, h, rotation, grid=grid)
+    assert np.array_equal(regions_to_cells([item], grid), only(grid, (r + dr, c + dc)))
+
+
+def _penetration(rect_pts, r, c):
+    """Separating-axis test: min overlap of projections of a convex quad and cell (r, c) (cell units)."""
+    cell = np.array([[c, r], [c + 1, r], [c + 1, r + 1], [c, r + 1]], dtype=float)
+    edges = [rect_pts[1] - rect_pts[0], rect_pts[3] - rect_pts[0], np.array([1.0, 0]), np.array([0, 1.0])]
+    depth = math.inf
+    for e in edges:
+        axis = e / np.linalg.norm(e)
+        a, b = rect_pts @ axis, cell @ axis
+        depth = min(depth, min(a.max(), b.max()) - max(a.min(), b.min()))
+    return depth
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(5, 60), st.floats(5, 60), st.floats(3, 30), st.floats(3, 30), st.floats(-720, 720))
+def test_arbitrary_rotation_matches_separating_axis_reference(x, y, w, h, rotation):
+    grid = Grid(28, 28, 7, 7)  # square image: percent and pixels share one scale
+    rad = math.radians(rotation)
+    cos, sin = math.cos(rad), math.sin(rad)
+    d = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=float)
+    pts = np.array([x, y]) + d @ np.array([[cos, sin], [-sin, cos]])
+    if pts.min() < 0 or pts.max() > 100:
+        return  # out of the image: covered by the validation tests
+    got = regions_to_cells([rect(x, y, w, h, rotation, grid=grid)], grid)
+    cell_pts = pts * grid.cols / 100.0
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            depth = _penetration(cell_pts, r, c)
+            if depth > 0.01:
+                assert got[r, c], (r, c, depth)
+            elif depth < 0:
+                assert not got[r, c], (r, c, depth)
+
+
+def test_rotation_uses_pixel_aspect_ratio():
+    grid = Grid(30, 60, 3, 6)  # 10 px cells, image twice as wide as high
+    # A rectangle 1 cell wide (~16.67 % of width) turned 90 deg spans 1 cell down, i.e. 33.3 % of height.
+    x, y, w, h = grid.cell_box_percent(0, 3)
+    item = rect(x, y, w, h * 0.5, 90, grid=grid)
+    assert np.array_equal(regions_to_cells([item], grid), only(grid, (0, 2)))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_zero_size_rectangle_marks_the_cell_holding_it(grid):
+    x, y, w, h = grid.cell_box_percent(grid.rows - 1, 0)
+    item = rect(x + w / 2, y + h / 2, 0, 0)
+    assert np.array_equal(regions_to_cells([item], grid), only(grid, (grid.rows - 1, 0)))
+    # On a border it belongs to the next cell, like a click there.
+    assert np.array_equal(regions_to_cells([rect(x + w, y, 0, 0)], grid), only(grid, (grid.rows - 1, 1)))
+    # A zero-width line is point-like too: its centre cell.
+    assert regions_to_cells([rect(x + w / 2, 0, 0, 100)], grid).sum() == 1
+
+
+@pytest.mark.parametrize("value, problem", [
+    (dict(x=float("nan")), "finite"),
+    (dict(y=float("inf")), "finite"),
+    (dict(rotation=float("nan")), "finite"),
+    (dict(width=-1.0), ">= 0"),
+    (dict(height=-0.5), ">= 0"),
+    (dict(x=150.0), "outside"),
+    (dict(y=-3.0), "outside"),
+    (dict(x=90.0, width=20.0), "outside"),
+    (dict(rotation=45.0, x=95.0, y=0.0), "outside"),
+    (dict(x="10"), "number"),
+    (dict(x=None), "number"),
+])
+def test_malformed_rectangle_raises_naming_task_annotation_and_region(value, problem):
+    grid = Grid(28, 28, 7, 7)
+    item = rect(10.0, 10.0, 10.0, 10.0, rid="reg-7")
+    item["value"].update(value)
+    with pytest.raises(ValueError, match=problem) as err:
+        regions_to_cells([item], grid, task_id=12, annotation_id=34)
+    assert all(s in str(err.value) for s in ("task 12", "annotation 34", "'reg-7'"))
+
+
+# --- keypoints --------------------------------------------------------------------------------
+
+@given(grid_and_cell(), st.floats(0.01, 0.99), st.floats(0.01, 0.99))
+def test_keypoint_marks_the_cell_under_it(gc, fx, fy):
+    grid, r, c = gc
+    x, y, w, h = grid.cell_box_percent(r, c)
+    assert np.array_equal(regions_to_cells([point(x + fx * w, y + fy * h)], grid), only(grid, (r, c)))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_keypoint_on_borders_and_image_edges(grid):
+    x, y, w, h = grid.cell_box_percent(1, 1)
+    assert np.array_equal(regions_to_cells([point(x, y)], grid), only(grid, (1, 1)))  # half-open cells
+    assert np.array_equal(regions_to_cells([point(x - 1e-10, y - 1e-10)], grid), only(grid, (1, 1)))  # rounding
+    assert np.array_equal(regions_to_cells([point(0, 0)], grid), only(grid, (0, 0)))
+    assert np.array_equal(regions_to_cells([point(100, 100)], grid), only(grid, (grid.rows - 1, grid.cols - 1)))
+    assert np.array_equal(regions_to_cells([point(100.01, -0.01)], grid), only(grid, (0, grid.cols - 1)))
+
+
+@pytest.mark.parametrize("x, y", [(101.0, 5.0), (5.0, -1.0), (float("nan"), 5.0)])
+def test_malformed_keypoint_raises(x, y):
+    with pytest.raises(ValueError, match="task 1, annotation 2, region 'p1'"):
+        regions_to_cells([point(x, y)], Grid(28, 28, 7, 7), task_id=1, annotation_id=2)
+
+
+def test_other_region_types_and_other_objects_are_ignored():
+    grid = Grid(28, 28, 7, 7)
+    result = [
+        {"id": "c", "from_name": LABEL_CHECK, "to_name": "image", "type": "choices", "value": {"choices": [LABEL_OK]}},
+        {"id": "t", "from_name": "notes", "to_name": "image", "type": "textarea", "value": {"text": ["hi"]}},
+        {"id": "g", "from_name": "poly", "to_name": "image", "type": "polygonlabels", "value": {"points": [[1, 1]]}},
+    ]
+    assert not regions_to_cells(result, grid).any()
+    on_overlay = dict(point(50, 50), to_name="saliency")
+    assert regions_to_cells([on_overlay], grid).sum() == 1
+    assert not regions_to_cells([on_overlay], grid, to_names=["image"]).any()
+
+
+def test_rectangle_and_keypoint_combine():
+    grid = Grid(28, 28, 7, 7)
+    x, y, w, h = grid.cell_box_percent(2, 3)
+    result = [rect(x, y, 2 * w, h), point(1, 99)]
+    assert np.array_equal(regions_to_cells(result, grid), only(grid, (2, 3), (2, 4), (6, 0)))
+
+
+# --- annotations ------------------------------------------------------------------------------
+
+def choice(name, *values):
+    return {"id": f"ch-{name}", "from_name": name, "to_name": "image", "type": "choices",
+            "value": {"choices": list(values)}}
+
+
+@pytest.mark.parametrize("result, label_fix, skip", [
+    ([], None, False),
+    ([choice(LABEL_CHECK, LABEL_WRONG), choice(CORRECT_LABEL, "two")], 2, False),
+    ([choice(CORRECT_LABEL, "one")], 1, False),
+    ([choice(LABEL_CHECK, LABEL_OK), choice(CORRECT_LABEL, "two")], None, False),  # hidden choice lingering
+    ([choice(LABEL_CHECK, LABEL_WRONG)], None, False),
+    ([choice(SKIP, SKIP_CHOICE)], None, True),
+])
+def test_parse_annotation_reads_label_fix_and_skip(result, label_fix, skip):
+    grid = Grid(28, 28, 7, 7)
+    fb = parse_annotation(result + [point(1, 1)], grid, CLASSES, task_id=1, annotation_id=2)
+    assert isinstance(fb, AnnotationFeedback)
+    assert (fb.label_fix, fb.skip) == (label_fix, skip)
+    assert np.array_equal(fb.cells, only(grid, (0, 0)))
+    with pytest.raises(ValueError):
+        fb.cells[0, 0] = False  # frozen: the cells are read-only too
+
+
+def test_parse_annotation_rejects_unknown_or_several_classes():
+    grid = Grid(28, 28, 7, 7)
+    with pytest.raises(ValueError, match="'seven' is not one of the classes"):
+        parse_annotation([choice(CORRECT_LABEL, "seven")], grid, CLASSES, task_id=3, annotation_id=4)
+    with pytest.raises(ValueError, match="several correct labels"):
+        parse_annotation([choice(CORRECT_LABEL, "one", "two")], grid, CLASSES)
+
+
+def test_parse_annotation_follows_a_renamed_config():
+    xml = """<View><Image name="img" value="$image"/>
+      <RectangleLabels name="bad_area" toName="img"><Label value="Bad"/></RectangleLabels>
+      <Choices name="correct_label" toName="img"><Choice value="one"/></Choices></View>"""
+    controls = check_config(xml)
+    grid = Grid(28, 28, 7, 7)
+    area = dict(rect(0, 0, 10, 10), from_name="bad_area", to_name="img")
+    fb = parse_annotation([area, choice("correct_label", "one")], grid, CLASSES, controls=controls)
+    assert fb.label_fix == 1 and not fb.skip
+    assert np.array_equal(fb.cells, only(grid, (0, 0)))
+
+
+# --- combining annotators ----------------------------------------------------------------------
+
+@given(st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=5))
+def test_combine_cells_union_and_majority(rows):
+    cells_list = [np.array(r).reshape(2, 3) for r in rows]
+    stack = np.stack(cells_list)
+    assert np.array_equal(combine_cells(cells_list), stack.any(axis=0))
+    majority = combine_cells(cells_list, mode="majority")
+    assert np.array_equal(majority, stack.sum(axis=0) > len(rows) / 2)
+    assert not (majority & ~combine_cells(cells_list)).any()
+
+
+def test_combine_cells_tie_is_not_a_majority_and_bad_input_raises():
+    a, b = only(Grid(28, 28, 7, 7), (0, 0)), only(Grid(28, 28, 7, 7), (1, 1))
+    assert not combine_cells([a, b], mode="majority").any()
+    with pytest.raises(ValueError, match="empty"):
+        combine_cells([])
+    with pytest.raises(ValueError, match="one shape"):
+        combine_cells([a, np.zeros((3, 3), bool)])
+    with pytest.raises(ValueError, match="mode"):
+        combine_cells([a], mode="vote")

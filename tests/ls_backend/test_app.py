@@ -1,0 +1,436 @@
+"""The ML backend through Flask's test client: every route, every bad input, the training job."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from label_config.config import build_config
+from label_config.grid import Grid
+from label_config.names import ANNOTATED, CELL_RECT, PREDICTION_KEY
+from ls_backend.app import create_app
+from ls_backend.config import BackendConfig
+from ls_backend.images import ImageError, load_task_image, to_data_uri
+from ls_backend.jobs import TrainingJob
+from trainer.core.loop import TrainConfig
+from trainer.core.models import build_model
+from trainer.runs.checkpoint import checkpoint_path, save_checkpoint
+from trainer.runs.run import Run, RunConfig
+
+CLASSES = [str(k) for k in range(10)]
+GRID = Grid(28, 28, 7, 7)  # decoy-mnist at cell_px=4
+CONFIG = build_config(CLASSES, GRID)
+TOP_K = 3
+
+
+def save_round(run: Run, round_: int, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    model = build_model("small-cnn", len(CLASSES), 1, 28)
+    meta = {"model": "small-cnn", "num_classes": len(CLASSES), "in_channels": 1, "image_size": 28,
+            "classes": CLASSES, "round": round_, "model_version": run.model_version(round_),
+            "grid": {"rows": GRID.rows, "cols": GRID.cols}}  # fmt: skip
+    save_checkpoint(checkpoint_path(run.checkpoint_dir, round_), model, meta)
+
+
+@pytest.fixture
+def run(tmp_path) -> Run:
+    run = Run.create(tmp_path / "run", RunConfig(top_k=TOP_K, train=TrainConfig(epochs=1, batch_size=128)))
+    save_round(run, 0)
+    return run
+
+
+def make_client(run: Run, **overrides):
+    app = create_app(BackendConfig(model_dir=run.directory, **overrides))
+    return app, app.test_client()
+
+
+@pytest.fixture
+def client(run):
+    return make_client(run)[1]
+
+
+def digit_uri(seed: int = 0, size=(28, 28), mode="L") -> str:
+    rng = np.random.default_rng(seed)
+    shape = size[::-1] + ((3,) if mode == "RGB" else ())
+    return to_data_uri(Image.fromarray((rng.random(shape) * 255).astype(np.uint8), mode))
+
+
+def predict_body(*uris, config=CONFIG, key="image") -> dict:
+    tasks = [{"id": i + 1, "data": {key: uri}} for i, uri in enumerate(uris)]
+    return {"tasks": tasks, "project": "1.1700000000", "label_config": config, "params": {"context": None}}
+
+
+# ---------------------------------------------------------------- a real HTTP file server for image URLs
+class _Files(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        body = self.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.end_headers()
+        self.wfile.write(body or b"not found")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server():
+    """(base URL, files by path, requests seen as (path, Authorization header))."""
+    handler = type("Files", (_Files,), {"files": {}, "seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", handler.files, handler.seen
+    server.shutdown()
+    server.server_close()
+
+
+def png_bytes(seed=0) -> bytes:
+    return base64.b64decode(digit_uri(seed).split(",", 1)[1])
+
+
+# ---------------------------------------------------------------- config
+def test_config_from_env_reads_ecosystem_names(tmp_path):
+    env = {"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k",
+           "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "AUTO_TRAIN_AFTER": "5"}  # fmt: skip
+    cfg = BackendConfig.from_env(env)
+    assert (cfg.model_dir, cfg.label_studio_url, cfg.api_key) == (tmp_path, "http://ls:8080", "k")
+    assert (cfg.basic_auth_user, cfg.basic_auth_pass, cfg.auto_train_after) == ("u", "p", 5)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "MODEL_DIR"),
+        ({"MODEL_DIR": "x", "BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS"),
+        ({"MODEL_DIR": "x", "AUTO_TRAIN_AFTER": "often"}, "AUTO_TRAIN_AFTER"),
+        ({"MODEL_DIR": "x", "LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL"),
+    ],
+)
+def test_config_from_env_rejects(env, message):
+    with pytest.raises(ValueError, match=message):
+        BackendConfig.from_env(env)
+
+
+def test_wsgi_reads_environment_when_created_not_at_import(run, monkeypatch):
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+    import ls_backend.wsgi as wsgi  # importing needs no MODEL_DIR
+
+    monkeypatch.setenv("MODEL_DIR", str(run.directory))
+    app = wsgi.create()
+    assert app.test_client().get("/health").json["model_version"] == run.model_version(0)
+
+
+def test_model_dir_that_is_not_a_run_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        create_app(BackendConfig(model_dir=tmp_path / "nothing"))
+
+
+# ---------------------------------------------------------------- health, setup, versions, metrics
+def test_health_and_root(client, run):
+    for path in ("/health", "/"):
+        body = client.get(path).json
+        assert body["status"] == "UP" and body["model_version"] == run.model_version(0)
+        assert body["training"]["state"] == "idle"
+
+
+def test_setup_answers_model_version(client, run):
+    resp = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG, "extra_params": None,
+                                       "hostname": "http://localhost:8080", "access_token": "t"})  # fmt: skip
+    assert resp.status_code == 200 and resp.json == {"model_version": run.model_version(0)}
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ("[1, 2]", 400, "JSON object"),
+        ({"project": "1.1", "schema": "<View><Image name='i' value='$i'/></View>"}, 422, "RectangleLabels"),
+        ({"project": "1.1", "schema": "<View"}, 422, "not valid XML"),
+        ({"project": "abc.1", "schema": CONFIG}, 400, "project"),
+    ],
+)
+def test_setup_rejects(client, body, status, message):
+    resp = client.post("/setup", data=body, content_type="application/json") if isinstance(body, str) \
+        else client.post("/setup", json=body)  # fmt: skip
+    assert resp.status_code == status and message in resp.json["error"]
+    assert client.get("/health").status_code == 200  # still up
+
+
+def test_versions_and_metrics(client, run):
+    save_round(run, 1, seed=1)
+    assert client.get("/versions").json == {"versions": [run.model_version(0), run.model_version(1)]}
+    client.post("/predict", json=predict_body(digit_uri(0), digit_uri(1)))
+    metrics = client.get("/metrics").json
+    assert metrics["predicted_tasks"] == 2 and metrics["model_version"] == run.model_version(1)
+    assert metrics["training"]["state"] == "idle"
+
+
+# ---------------------------------------------------------------- predict
+def test_predict_batch_regions_on_our_config(client, run):
+    uris = [digit_uri(0), digit_uri(1, size=(40, 30), mode="RGB"), digit_uri(2)]
+    resp = client.post("/predict", json=predict_body(*uris))
+    assert resp.status_code == 200
+    results = resp.json["results"]
+    assert len(results) == 3
+    for pred in results:
+        assert pred["model_version"] == run.model_version(0)
+        assert 0 < pred["score"] <= 1 and pred[PREDICTION_KEY] in CLASSES
+        regions = pred["result"]
+        assert len(regions) == TOP_K
+        kinds = {(r["from_name"], r["to_name"], r["type"]) for r in regions}
+        assert kinds == {(CELL_RECT, ANNOTATED, "rectanglelabels")}
+        assert regions[0]["score"] == 1.0  # the most salient cell first, scores relative to it
+        assert all(r["value"]["width"] == pytest.approx(100 / GRID.cols) for r in regions)
+
+
+def test_predict_matches_the_model(client, run):
+    """The served prediction is the checkpoint's own, on the training view of the image."""
+    from trainer.data.view import model_view
+    from trainer.runs.checkpoint import latest_checkpoint, load_checkpoint
+
+    uri = digit_uri(5, size=(56, 56))
+    pred = client.post("/predict", json=predict_body(uri)).json["results"][0]
+    model, _ = load_checkpoint(latest_checkpoint(run.checkpoint_dir))
+    x = model_view(load_task_image(uri), 28, 1)[None]
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[0]
+    assert pred[PREDICTION_KEY] == CLASSES[int(probs.argmax())]
+    assert pred["score"] == pytest.approx(float(probs.max()), rel=1e-5)
+
+
+USER_RECT = """<View><Image name="photo" value="$picture"/>
+<RectangleLabels name="bad_area" toName="photo"><Label value="Spurious"/></RectangleLabels></View>"""
+USER_POINT = """<View><Image name="photo" value="$picture"/>
+<KeyPointLabels name="bad_point" toName="photo"><Label value="Spurious"/></KeyPointLabels></View>"""
+
+
+@pytest.mark.parametrize(
+    "config, from_name, kind, label",
+    [(USER_RECT, "bad_area", "rectanglelabels", "Spurious"), (USER_POINT, "bad_point", "keypointlabels", "Spurious")],
+)
+def test_predict_names_regions_after_the_projects_config(client, config, from_name, kind, label):
+    resp = client.post("/predict", json=predict_body(digit_uri(0), config=config, key="picture"))
+    assert resp.status_code == 200, resp.json
+    regions = resp.json["results"][0]["result"]
+    assert {(r["from_name"], r["to_name"], r["type"]) for r in regions} == {(from_name, "photo", kind)}
+    assert all(r["value"][kind] == [label] for r in regions)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ({"label_config": CONFIG}, 400, "'tasks'"),
+        ({"tasks": [], "label_config": CONFIG}, 400, "'tasks'"),
+        ({"tasks": "task 1", "label_config": CONFIG}, 400, "'tasks'"),
+        ({"tasks": [{"id": 1}], "label_config": CONFIG}, 400, "'data'"),
+        ({"tasks": [{"id": 7, "data": {"img": "x"}}], "label_config": CONFIG}, 400, "task 7 has no data key 'image'"),
+        (predict_body("data:image/png;base64,AAAA"), 422, "cannot be decoded"),
+        (predict_body("data:image/png;base64,@@@"), 400, "not valid base64"),
+        (predict_body("data:image/gif;base64," + base64.b64encode(b"GIF89a").decode()), 422, "cannot be decoded"),
+        (predict_body("ftp://example.org/a.png"), 422, "unsupported scheme 'ftp'"),
+        (predict_body("images/a.png"), 422, "unsupported scheme"),
+        (predict_body("/data/upload/1/a.png"), 422, "LABEL_STUDIO_URL is not set"),
+        (predict_body(""), 400, "non-empty string"),
+        ({"tasks": predict_body("x")["tasks"]}, 400, "no label config"),
+        (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "RectangleLabels"),
+        (predict_body(digit_uri(0), config="<View><Image"), 422, "not valid XML"),
+    ],
+)
+def test_predict_rejects(client, body, status, message):
+    resp = client.post("/predict", data=body, content_type="application/json") if isinstance(body, str) \
+        else client.post("/predict", json=body)  # fmt: skip
+    assert resp.status_code == status, resp.json
+    assert message in resp.json["error"]
+    assert client.post("/predict", json=predict_body(digit_uri(0))).status_code == 200  # still serving
+
+
+def test_predict_without_a_checkpoint_is_503(tmp_path):
+    run = Run.create(tmp_path / "empty", RunConfig())
+    _, client = make_client(run)
+    resp = client.post("/predict", json=predict_body(digit_uri(0)))
+    assert resp.status_code == 503 and "no trained model yet" in resp.json["error"]
+    assert client.get("/health").json["model_version"] is None
+
+
+def test_model_loaded_once_and_reloaded_only_for_a_newer_checkpoint(run):
+    app, client = make_client(run)
+    model = app.extensions["hitl"]["model"]
+    client.post("/predict", json=predict_body(digit_uri(0)))
+    first = model._snapshot
+    client.post("/predict", json=predict_body(digit_uri(1)))
+    assert model._snapshot is first  # same object: no reload per request
+    save_round(run, 1, seed=1)
+    pred = client.post("/predict", json=predict_body(digit_uri(1))).json["results"][0]
+    assert pred["model_version"] == run.model_version(1) and model._snapshot is not first
+
+
+# ---------------------------------------------------------------- image URLs over HTTP
+def test_label_studio_urls_get_the_token_other_hosts_do_not(run, file_server):
+    base, files, seen = file_server
+    files["/data/upload/1/a.png"] = png_bytes(0)
+    files["/data/local-files/?d=imgs/b.png"] = png_bytes(1)
+    files["/c.png"] = png_bytes(2)
+    _, client = make_client(run, label_studio_url=base, api_key="secret")
+    other = base.replace("127.0.0.1", "localhost")  # same server, another origin: must not see the key
+    body = predict_body("/data/upload/1/a.png", "/data/local-files/?d=imgs/b.png", f"{other}/c.png")
+    resp = client.post("/predict", json=body)
+    assert resp.status_code == 200, resp.json
+    assert dict(seen) == {"/data/upload/1/a.png": "Token secret", "/data/local-files/?d=imgs/b.png": "Token secret",
+                          "/c.png": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path, payload, status, message",
+    [("/missing.png", None, 502, "HTTP 404"), ("/text.png", b"hello", 422, "cannot be decoded")],
+)
+def test_bad_http_images_are_named(run, file_server, path, payload, status, message):
+    base, files, _ = file_server
+    if payload is not None:
+        files[path] = payload
+    _, client = make_client(run, label_studio_url=base, api_key="k")
+    resp = client.post("/predict", json=predict_body(digit_uri(0), path))
+    assert resp.status_code == status and message in resp.json["error"] and path in resp.json["error"]
+    assert "task 2" in resp.json["error"]
+
+
+def test_unreachable_host_is_502():
+    with pytest.raises(ImageError, match="cannot fetch image") as info:
+        load_task_image("http://127.0.0.1:9/a.png", timeout=2)
+    assert info.value.status == 502
+
+
+# ---------------------------------------------------------------- webhook and training
+@pytest.mark.parametrize(
+    "body, status, message",
+    [("{oops", 400, "not valid JSON"), ({"project": {"id": 1}}, 400, "'action'"),
+     ({"action": "START_TRAINING", "project": {"id": "one"}}, 400, "project")],
+)
+def test_webhook_rejects(client, body, status, message):
+    resp = client.post("/webhook", data=body, content_type="application/json") if isinstance(body, str) \
+        else client.post("/webhook", json=body)  # fmt: skip
+    assert resp.status_code == status and message in resp.json["error"]
+
+
+def test_webhook_unknown_event_is_ignored(client):
+    resp = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}})
+    assert resp.status_code == 200 and resp.json["status"] == "Unknown event"
+
+
+def test_start_training_runs_one_round_in_the_background(run):
+    app, client = make_client(run)
+    began = time.monotonic()
+    first = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1, "title": "p"}})
+    second = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert time.monotonic() - began < 1.0  # Label Studio's webhook timeout
+    assert (first.status_code, first.json["status"]) == (201, "started")
+    assert (second.status_code, second.json["status"]) == (201, "already running")
+    assert client.get("/health").json["training"]["state"] == "running"
+    assert app.extensions["hitl"]["job"].wait(timeout=300)
+    health = client.get("/health").json
+    assert health["model_version"] == run.model_version(1)
+    assert health["training"]["state"] == "idle"
+    assert health["training"]["rounds"] == 1 and health["training"]["coalesced_triggers"] == 1
+    assert health["training"]["last_model_version"] == run.model_version(1)
+    pred = client.post("/predict", json=predict_body(digit_uri(0))).json["results"][0]
+    assert pred["model_version"] == run.model_version(1)
+
+
+def test_annotation_events_count_toward_auto_training():
+    gate = threading.Event()
+    job = TrainingJob(lambda project: gate.wait(10) and "v1", auto_train_after=3)
+    assert [job.note_annotation(1) for _ in range(2)] == [False, False]
+    assert job.note_annotation(1) is True and job.status()["state"] == "running"
+    assert job.note_annotation(1) is False  # counted while running, no second training
+    gate.set()
+    assert job.wait(10)
+    status = job.status()
+    assert (status["rounds"], status["annotation_events"], status["last_model_version"]) == (1, 4, "v1")
+
+
+def test_annotation_webhook_counts(run):
+    _, client = make_client(run, auto_train_after=0)
+    for action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"):
+        resp = client.post("/webhook", json={"action": action, "project": {"id": 1}, "annotation": {"id": 1}})
+        assert resp.status_code == 201 and resp.json["status"] == "counted"
+    training = client.get("/metrics").json["training"]
+    assert training["annotation_events"] == 3 and training["state"] == "idle" and training["rounds"] == 0
+
+
+def test_concurrent_triggers_never_train_twice_at_once():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def train(project):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return "v"
+
+    job = TrainingJob(train)
+    threads = [threading.Thread(target=job.trigger, args=(1,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert job.wait(10)
+    assert peak[0] == 1 and job.rounds == 1 and job.coalesced == 7
+
+
+def test_failed_round_is_reported_and_the_next_one_runs():
+    outcomes = iter([RuntimeError("disk full"), "v2"])
+
+    def train(project):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    job = TrainingJob(train)
+    job.trigger(1)
+    job.wait(10)
+    assert job.status()["last_error"] == "RuntimeError: disk full" and job.status()["state"] == "idle"
+    job.trigger(1)
+    job.wait(10)
+    assert job.status()["last_error"] is None and job.status()["last_model_version"] == "v2"
+
+
+# ---------------------------------------------------------------- basic auth
+@pytest.mark.parametrize(
+    "auth, status",
+    [(None, 401), (("u", "wrong"), 401), (("other", "p"), 401), (("u", "p"), 200)],
+)
+def test_basic_auth(run, auth, status):
+    _, client = make_client(run, basic_auth_user="u", basic_auth_pass="p")
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    for path in ("/health", "/versions"):
+        assert client.get(path, headers=headers).status_code == status
+
+
+# ---------------------------------------------------------------- the fast DeepLIFT path and the benchmark
+
+
+def test_cli_registers_serve_and_bench_predict(run):
+    from trainer.app.cli import (
+        build_parser,  # serve arrives through the hitl.commands entry point
+    )
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--model-dir", str(run.directory), "--port", "9999"])
+    assert (args.model_dir, args.port, args.func.__name__) == (str(run.directory), 9999, "serve")
+    assert parser.parse_args(["bench", "predict", "--json"]).json

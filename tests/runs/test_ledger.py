@@ -1,0 +1,233 @@
+"""The SQLite ledger: compact cells, idempotent writes, union/majority feedback, atomic transactions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from label_config.grid import Grid
+from trainer.runs.ledger import SCHEMA_VERSION, Ledger, pack_cells, unpack_cells, utc_timestamp
+
+GRID = Grid(28, 28, 4, 4)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def cells_at(*coords, shape=GRID.shape):
+    cells = np.zeros(shape, dtype=bool)
+    for r, c in coords:
+        cells[r, c] = True
+    return cells
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(tmp_path / "run") as led:
+        yield led
+
+
+def add(ledger, annotation_id, sample_id, cells=None, *, minutes=0, **kw):
+    return ledger.upsert_annotation(
+        annotation_id, task_id=100 + sample_id, sample_id=sample_id,
+        updated_at=T0 + timedelta(minutes=minutes), cells=cells, **kw,
+    )
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 7), (4, 4), (28, 28), (2, 9)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_packbits_round_trip(shape, density):
+    cells = np.random.default_rng(0).random(shape) < density
+    rows, cols, packed = pack_cells(cells)
+    assert (rows, cols) == shape
+    assert len(packed) == -(-cells.size // 8)
+    np.testing.assert_array_equal(unpack_cells(rows, cols, packed), cells)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 2), dtype=np.uint8), np.zeros(4, dtype=bool), np.zeros((1, 2, 2), bool)])
+def test_pack_cells_rejects_non_bool_or_non_2d(bad):
+    with pytest.raises(ValueError, match="2-D bool"):
+        pack_cells(bad)
+
+
+def test_run_directory_holds_wal_mode_versioned_file(tmp_path):
+    led = Ledger(tmp_path / "run")
+    assert led.path == tmp_path / "run" / "ledger.sqlite"
+    assert led.schema_version == SCHEMA_VERSION
+    assert led._query("PRAGMA journal_mode")[0][0] == "wal"
+    led.close()
+
+
+def test_other_schema_version_is_refused(tmp_path):
+    Ledger(tmp_path / "l.sqlite").close()
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:
+        db.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    with pytest.raises(ValueError, match="schema version 999"):
+        Ledger(tmp_path / "l.sqlite")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (T0, "2024-05-01T12:00:00.000000Z"),
+    ("2024-05-01T14:00:00+02:00", "2024-05-01T12:00:00.000000Z"),
+    ("2024-05-01T12:00:00.5Z", "2024-05-01T12:00:00.500000Z"),
+])
+def test_timestamps_normalise_to_utc(value, expected):
+    assert utc_timestamp(value) == expected
+
+
+def test_naive_timestamp_is_refused():
+    with pytest.raises(ValueError, match="no time zone"):
+        utc_timestamp(datetime(2024, 1, 1))
+
+
+def test_record_round_updates_in_place(ledger):
+    ledger.record_round(0, "v0", started_at=T0)
+    ledger.record_round(0, "v0", finished_at=T0 + timedelta(hours=1), metrics={"acc": 0.5})
+    ledger.record_round(1, "v1", started_at=T0)
+    rounds = ledger.rounds()
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[0]["started_at"] == utc_timestamp(T0)
+    assert rounds[0]["metrics"] == {"acc": 0.5}
+    assert rounds[1]["finished_at"] is None
+
+
+def test_record_pushed_twice_records_once(ledger):
+    pairs = [(11, 1), (12, 2), (13, 3)]
+    assert ledger.record_pushed(7, 0, pairs) == 3
+    assert ledger.record_pushed(7, 0, pairs) == 0
+    assert ledger.record_pushed(7, 1, [(21, 1)]) == 1  # the same sample may be pushed again next round
+    assert [(t.task_id, t.sample_id, t.round) for t in ledger.pushed_tasks(7)] == [
+        (11, 1, 0), (12, 2, 0), (13, 3, 0), (21, 1, 1)]
+    assert ledger.pushed_sample_ids(7, round=0) == {1, 2, 3}
+    assert ledger.pushed_tasks(8) == []
+
+
+@pytest.mark.parametrize("minutes, replaced", [(5, True), (0, False), (-5, False)])
+def test_only_a_newer_version_replaces_an_annotation(ledger, minutes, replaced):
+    add(ledger, 1, sample_id=3, cells=cells_at((0, 0)))
+    assert add(ledger, 1, sample_id=3, cells=cells_at((1, 1)), minutes=minutes) is replaced
+    expected = cells_at((1, 1)) if replaced else cells_at((0, 0))
+    np.testing.assert_array_equal(ledger.feedback(GRID).cells[3], expected)
+
+
+def test_replaying_a_pull_gives_the_same_feedback(ledger):
+    pull = [(1, 0, cells_at((0, 0))), (2, 1, cells_at((3, 3), (2, 2))), (3, 1, None)]
+    for aid, sid, cells in pull:
+        add(ledger, aid, sid, cells)
+    first = ledger.feedback(GRID)
+    assert not any(add(ledger, aid, sid, cells) for aid, sid, cells in pull)
+    second = ledger.feedback(GRID)
+    assert first.cells.keys() == second.cells.keys()
+    for k in first.cells:
+        np.testing.assert_array_equal(first.cells[k], second.cells[k])
+
+
+# Three annotators on sample 0: cell (0,0) by all, (1,1) by two, (2,2) by one.
+VOTES = [cells_at((0, 0), (1, 1), (2, 2)), cells_at((0, 0), (1, 1)), cells_at((0, 0))]
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("union", cells_at((0, 0), (1, 1), (2, 2))),
+    ("majority", cells_at((0, 0), (1, 1))),
+])
+def test_union_and_majority(ledger, mode, expected):
+    for i, cells in enumerate(VOTES):
+        add(ledger, i + 1, sample_id=0, cells=cells, annotator=i, minutes=i)
+    np.testing.assert_array_equal(ledger.feedback(GRID, mode=mode).cells[0], expected)
+
+
+def test_majority_counts_an_annotation_without_cells_as_a_vote(ledger):
+    add(ledger, 1, sample_id=0, cells=cells_at((0, 0)))
+    add(ledger, 2, sample_id=0, cells=None, label_fix=4)
+    assert not ledger.feedback(GRID, mode="majority").cells[0].any()
+    assert ledger.feedback(GRID, mode="union").cells[0][0, 0]
+
+
+@pytest.mark.parametrize("mode, expected", [("union", 2), ("majority", 5)])
+def test_label_fixes(ledger, mode, expected):
+    for i, label in enumerate([5, 5, 2]):
+        add(ledger, i + 1, sample_id=0, label_fix=label, minutes=i)
+    assert ledger.feedback(GRID, mode=mode).labels == {0: expected}
+
+
+def test_skips_mark_a_sample_only_when_nothing_else_was_given(ledger):
+    add(ledger, 1, sample_id=0, skip=True)
+    add(ledger, 2, sample_id=1, was_cancelled=True)
+    add(ledger, 3, sample_id=2, was_cancelled=True)
+    add(ledger, 4, sample_id=2, cells=cells_at((1, 2)))
+    fb = ledger.feedback(GRID)
+    assert fb.skipped == {0, 1}
+    assert set(fb.cells) == {2}
+
+
+def test_deleted_annotations_stop_counting(ledger):
+    add(ledger, 1, sample_id=0, cells=cells_at((0, 0)))
+    add(ledger, 2, sample_id=1, cells=cells_at((0, 1)))
+    assert ledger.mark_deleted([2, 99]) == 1
+    assert ledger.mark_deleted([2]) == 0
+    assert set(ledger.feedback(GRID).cells) == {0}
+    assert ledger.consumed_annotation_ids() == {1}
+    assert ledger.consumed_annotation_ids(include_deleted=True) == {1, 2}
+
+
+def test_feedback_checks_the_grid(ledger):
+    add(ledger, 1, sample_id=0, cells=np.zeros((3, 3), dtype=bool))
+    with pytest.raises(ValueError, match="3x3 cells stored, the grid is 4x4"):
+        ledger.feedback(GRID)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ledger.feedback(GRID, mode="mean")
+
+
+def test_round_feedback_round_trip(ledger):
+    add(ledger, 1, sample_id=0, cells=cells_at((0, 3)), label_fix=1)
+    add(ledger, 2, sample_id=4, skip=True)
+    fb = ledger.feedback(GRID)
+    ledger.record_feedback(2, fb)
+    ledger.record_feedback(2, fb)  # recording again replaces, never duplicates
+    back = ledger.round_feedback(2)
+    assert back.labels == {0: 1} and back.skipped == {4}
+    np.testing.assert_array_equal(back.cells[0], fb.cells[0])
+    assert ledger.round_feedback(3).given_ids() == set()
+
+
+def test_exception_inside_a_transaction_writes_nothing(ledger):
+    add(ledger, 1, sample_id=0, cells=cells_at((0, 0)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with ledger.transaction():
+            add(ledger, 2, sample_id=1, cells=cells_at((1, 1)))
+            ledger.record_pushed(1, 0, [(5, 1)])
+            ledger.mark_deleted([1])
+            raise RuntimeError("boom")
+    assert ledger.consumed_annotation_ids() == {1}
+    assert ledger.pushed_tasks(1) == []
+
+
+def test_a_process_killed_mid_transaction_leaves_nothing_half_written(tmp_path):
+    path = tmp_path / "crash.sqlite"
+    with Ledger(path) as led:
+        led.record_pushed(1, 0, [(10, 0)])
+    script = textwrap.dedent(f"""
+        import os
+        from datetime import datetime, timezone
+        import numpy as np
+        from trainer.runs.ledger import Ledger
+        led = Ledger({str(path)!r})
+        with led.transaction():
+            led.record_pushed(1, 0, [(11, 1), (12, 2)])
+            led.upsert_annotation(7, task_id=11, sample_id=1, updated_at=datetime.now(timezone.utc),
+                                  cells=np.ones((4, 4), dtype=bool))
+            os._exit(9)  # a crash: no rollback, no commit, no cleanup
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), capture_output=True, env=env)
+    assert proc.returncode == 9, proc.stderr.decode()
+    with Ledger(path) as led:
+        assert [t.task_id for t in led.pushed_tasks(1)] == [10]
+        assert led.consumed_annotation_ids() == set()
+        assert led._query("PRAGMA integrity_check")[0][0] == "ok"

@@ -1,0 +1,75 @@
+"""Run directories: rounds continue from checkpoints with the ledger's feedback; configs are checked."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.runs.checkpoint import load_checkpoint, read_checkpoint
+from trainer.core.feedback import Feedback
+from trainer.runs.run import Run, RunConfig, with_overrides
+
+TINY = {"train.epochs": 1, "train.batch_size": 256, "train.replay": 4}
+
+
+def test_create_is_idempotent_and_refuses_another_config(tmp_path):
+    cfg = with_overrides(RunConfig(), **TINY)
+    Run.create(tmp_path / "r", cfg)
+    assert Run.create(tmp_path / "r", cfg).config == cfg
+    with pytest.raises(ValueError, match="another config"):
+        Run.create(tmp_path / "r", with_overrides(cfg, seed=3))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        Run.open(tmp_path / "missing")
+
+
+def test_config_round_trips_and_rejects_unknown_keys():
+    cfg = with_overrides(RunConfig(), **TINY, **{"sampling.strategy": "margin"})
+    data = json.loads(json.dumps(__import__("dataclasses").asdict(cfg)))
+    assert RunConfig.from_dict(data) == cfg
+    with pytest.raises(ValueError, match="unknown run config keys: colour"):
+        RunConfig.from_dict({**data, "colour": "red"})
+
+
+def test_rounds_continue_from_checkpoint_with_feedback(tmp_path, one_torch_thread):
+    run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY))
+    assert run.current_round() == -1
+    first = run.train_next_round()
+    assert first["round"] == 0 and first["annotated"] == 0 and run.current_round() == 0
+    weights0 = read_checkpoint(run.checkpoint_dir / "round-000.pt")["model"]
+
+    train, _ = run.datasets
+    ids = [3, 17, 29]
+    fb = Feedback(cells={i: run.grid.mask_to_cells(train.decoy_masks[i].numpy()) for i in ids}, labels={5: 1})
+    second = run.train_next_round(fb)
+    assert second["round"] == 1 and second["annotated"] == 3 and second["label_fixes"] == 1
+    assert second["epochs"][0]["penalised_rows"] > 0 and second["epochs"][0]["penalty"] > 0
+    model, meta = load_checkpoint(run.checkpoint_dir / "round-001.pt")
+    assert meta["model_version"] == run.model_version(1) and meta["grid"] == {"rows": 7, "cols": 7}
+    changed = any(not torch.equal(weights0[k], v) for k, v in model.state_dict().items())
+    assert changed
+    assert [h["round"] for h in Run.open(run.directory).history()] == [0, 1]
+
+
+def test_choose_samples_excludes_given_ids(tmp_path, one_torch_thread):
+    run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY))
+    model, _, _ = run.load_model()
+    first = run.choose_samples(model, 0, 5, exclude=set())
+    second = run.choose_samples(model, 0, 5, exclude=set(first))
+    assert len(set(first) | set(second)) == 10
+
+
+def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_thread):
+    run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY, saliency="saliency"))
+    record = run.train_next_round()
+    assert 0 <= record["irrelevant_share"] <= 1
+
+
+@pytest.mark.parametrize("dataset, image_size, channels, expect", [
+    ("decoy-mnist", None, None, "small-cnn"), ("decoy-mnist-rgb", None, None, "resnet18"),
+    ("decoy-mnist", 112, 3, "resnet18"),
+])
+def test_default_model_follows_the_images(dataset, image_size, channels, expect):
+    from trainer.app.commands import default_model
+
+    assert default_model(dataset, image_size, channels) == expect

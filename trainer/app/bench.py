@@ -1,0 +1,87 @@
+"""``hitl bench step``: the cost of a training step with the feedback penalty, as a ratio to a plain CE step.
+
+Both are timed in one process on the same model and batch; ``annotated`` of the batch rows carry a mask
+(5% by default), and the penalty runs on those rows only, as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from trainer.core.loss import rrr_penalty
+from trainer.core.models import build_model
+
+
+def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, annotated: float = 0.05,
+               steps: int = 10, warmup: int = 2, device: str = "cpu", classes: int = 10, lam: float = 1.0) -> dict:  # fmt: skip
+    """Median step times (ms) of CE alone and CE + penalty; ratio = reg_ms / ce_ms."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    channels = 1 if model == "small-cnn" else 3
+    net = build_model(model, classes, channels, size).to(dev).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.rand(batch, channels, size, size, device=dev)
+    y = torch.randint(0, classes, (batch,), device=dev)
+    m = max(1, round(annotated * batch))
+    masks = (torch.rand(m, size, size, device=dev) < 0.1).float()
+
+    def ce_step() -> None:
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def reg_step() -> None:
+        loss = F.cross_entropy(net(x), y) + lam * rrr_penalty(net, x[:m], masks).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    times = {"ce": [], "reg": []}
+    for i in range(warmup + steps):  # interleaved, so drift in machine load hits both alike
+        for name, fn in (("ce", ce_step), ("reg", reg_step)):
+            _sync(dev)
+            t = time.perf_counter()
+            fn()
+            _sync(dev)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t) * 1000)
+    ce_ms, reg_ms = statistics.median(times["ce"]), statistics.median(times["reg"])
+    return {
+        "ce_ms": round(ce_ms, 2), "reg_ms": round(reg_ms, 2), "ratio": round(reg_ms / ce_ms, 3),
+        "model": model, "batch": batch, "size": size, "annotated_rows": m, "steps": steps,
+        "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    }  # fmt: skip
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("step", help="time a training step with and without the feedback penalty")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--annotated", type=float, default=0.05, help="share of batch rows with a mask")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    r = bench_step(model=args.model, batch=args.batch, size=args.size, annotated=args.annotated,
+                   steps=args.steps, device=args.device)  # fmt: skip
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']} batch {r['batch']} at {r['size']} px on {r['device']}: CE step {r['ce_ms']} ms, "
+              f"with penalty on {r['annotated_rows']} rows {r['reg_ms']} ms, ratio {r['ratio']}")  # fmt: skip
+    return 0

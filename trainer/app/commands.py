@@ -1,0 +1,163 @@
+"""The run commands: ``hitl init`` and ``hitl train`` (a run directory and its next round), and ``hitl push``,
+``hitl pull`` and ``hitl run`` (the loop against your Label Studio, from LABEL_STUDIO_URL /
+LABEL_STUDIO_API_KEY)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from trainer.data.registry import load_dataset
+from trainer.labelstudio.annotator import SIMULATED_KINDS
+from trainer.labelstudio.client import connect
+from trainer.labelstudio.link import connect_project, read_link
+from trainer.labelstudio.loop import run_loop
+from trainer.labelstudio.pull import pull
+from trainer.labelstudio.push import push
+from trainer.runs.distributed import DistEnv, train_rounds
+from trainer.runs.ledger import FEEDBACK_MODES
+from trainer.runs.run import Run, RunConfig, with_overrides
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="create a run directory (dataset, model, grid, training settings)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--dataset", default=RunConfig.dataset, help="decoy-mnist, decoy-mnist-rgb, folder:PATH or csv:PATH")
+    p.add_argument("--model", default=None,
+                   help="small-cnn, resnet18, resnet50 (default: small-cnn for 1-channel images up to 32 px, else resnet18)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--channels", type=int, default=None)
+    p.add_argument("--cell-px", type=int, default=RunConfig.cell_px, help="grid cell side in model-input pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--saliency", default=RunConfig.saliency)
+    p.add_argument("--top-k", type=int, default=RunConfig.top_k, help="salient cells pre-filled as suggestions")
+    p.add_argument("--weights", default=None, help="local state-dict file to start from")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--replay", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--strategy", default=None)
+    p.add_argument("--per-round", type=int, default=None, help="images pushed for feedback each round")
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("train", help="train the next round from the last checkpoint with the ledger's feedback")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: DistributedDataParallel, one process per GPU (gloo on CPU)")
+    p.set_defaults(func=_train)
+    _register_label_studio(sub)
+
+
+def _init(args) -> int:
+    if args.model is None:
+        args.model = default_model(args.dataset, args.image_size, args.channels)
+    config = with_overrides(
+        RunConfig(), dataset=args.dataset, model=args.model, image_size=args.image_size, channels=args.channels,
+        cell_px=args.cell_px, seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
+        **{"train.epochs": args.epochs, "train.lam": args.lam, "train.replay": args.replay,
+           "train.device": args.device, "sampling.strategy": args.strategy, "sampling.per_round": args.per_round},
+    )  # fmt: skip
+    run = Run.create(args.run_dir, config)
+    print(f"run {run.directory}: {len(run.datasets[0])} training images, classes {run.classes}, grid {run.grid.shape}")
+    return 0
+
+
+def default_model(dataset: str, image_size: int | None, channels: int | None) -> str:
+    """A small CNN for MNIST-sized grey images, torchvision's resnet18 for RGB or larger images."""
+    if dataset in ("decoy-mnist", "decoy-mnist-clean") and (image_size or 28) <= 32 and (channels or 1) == 1:
+        return "small-cnn"
+    if dataset.startswith("decoy-mnist"):
+        return "resnet18"
+    c, h, _ = load_dataset(dataset, size=image_size, channels=channels)[0].image_shape
+    return "small-cnn" if c == 1 and h <= 32 else "resnet18"
+
+
+def _train(args) -> int:
+    if args.distributed:
+        env = DistEnv.from_environ()
+        if env is None:
+            raise ValueError("--distributed needs torchrun (RANK and WORLD_SIZE are unset): "
+                             "torchrun --nproc-per-node N $(which hitl) train RUN --distributed")
+        return train_rounds(args.run_dir, args.rounds, env)
+    run = Run.open(args.run_dir)
+    for _ in range(args.rounds):
+        record = run.train_next_round(progress=True)
+        print(json.dumps({k: record[k] for k in ("round", "model_version", "annotated", "acc", "min_loss")}))
+    return 0
+
+
+def _register_label_studio(sub) -> None:
+    """``hitl push``, ``hitl pull`` and ``hitl run`` (Label Studio from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
+    p = sub.add_parser("push", help="push the newest round's images to Label Studio")
+    _link_args(p)
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser("pull", help="pull the project's annotations into the run's ledger")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--mode", choices=FEEDBACK_MODES, default="union", help="how several annotators combine")
+    p.set_defaults(func=_pull)
+
+    p = sub.add_parser("run", help="the loop: push, wait for annotators, pull, train; resumable")
+    _link_args(p)
+    p.add_argument("--rounds", type=int, required=True, help="feedback rounds: stop when round R is trained")
+    p.add_argument("--min-annotations", type=int, default=None, help="annotated tasks to wait for (default: all)")
+    p.add_argument("--deadline-minutes", type=float, default=None, help="stop waiting after this long")
+    p.add_argument("--poll-seconds", type=float, default=10.0)
+    p.add_argument("--mode", choices=FEEDBACK_MODES, default="union")
+    p.add_argument("--simulate", nargs="?", const="rect", choices=SIMULATED_KINDS, default=None,
+                   help="annotate with a simulated annotator (rectangles or points on the true decoy)")
+    p.add_argument("--miss-rate", type=float, default=0.0, help="simulated annotator misses a decoy cell")
+    p.set_defaults(func=_run)
+
+
+def _link_args(p) -> None:
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--project-title", default=None, help="default: 'hitl <run name>'")
+    p.add_argument("--document-root", default=None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT")
+    p.add_argument("--data-uri", action="store_true", default=None, help="inline images instead of local files")
+
+
+def _open(args, *, linking: bool = True):
+    run = Run.open(args.run_dir)
+    client = connect()
+    url = os.environ["LABEL_STUDIO_URL"]  # connect() has checked it is set
+    if linking:
+        return run, client, connect_project(run, client, url, title=args.project_title,
+                                            document_root=args.document_root, data_uri=args.data_uri)
+    link = read_link(run)
+    if link is None:
+        raise ValueError(f"run {args.run_dir} is not linked to a Label Studio project yet: run `hitl push` first")
+    return run, client, link
+
+
+def _push(args) -> int:
+    run, client, link = _open(args)
+    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri)
+    print(f"round {run.current_round()}: {len(task_ids)} tasks in {link.url}/projects/{link.project_id}")
+    return 0
+
+
+def _pull(args) -> int:
+    run, client, link = _open(args, linking=False)
+    report = pull(run, client, link.project_id, mode=args.mode)
+    print(f"pulled {report.summary()}; {len(report.feedback.annotated_ids())} images with a mask W")
+    for error in report.errors:
+        print(f"  skipped a bad annotation: {error}", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    run, client, link = _open(args)
+    try:
+        run_loop(run, client, link, rounds=args.rounds, min_annotations=args.min_annotations,
+                 deadline_minutes=args.deadline_minutes, poll_seconds=args.poll_seconds, simulate=args.simulate,
+                 miss_rate=args.miss_rate, mode=args.mode)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; `hitl run {args.run_dir} --rounds {args.rounds}` resumes where this stopped",
+              file=sys.stderr)
+        return 130
+    print(f"done: round {run.current_round()} trained ({run.model_version(run.current_round())})")
+    return 0

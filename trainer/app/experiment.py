@@ -1,0 +1,215 @@
+"""``hitl experiment``: the offline benchmark with a simulated annotator.
+
+Arms, each trained for the same number of epochs, ``(rounds + 1) * epochs``:
+- ``baseline``: cross-entropy only, on the decoy data;
+- ``clean``: cross-entropy only, on the same digits without the decoy (the upper bound);
+- ``rrr_all``: the penalty with the true mask on every training image (Ross et al.'s setting);
+- ``hitl``: round 0 without feedback, then ``rounds`` feedback rounds; each round the sampler picks
+  ``budget * N_train / rounds`` new images, the simulated annotator marks the grid cells that overlap the true
+  decoy, and training continues with every mask given so far.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from label_config.grid import Grid
+from trainer.core.checks import check_int
+from trainer.core.feedback import Feedback
+from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
+from trainer.core.models import build_model
+from trainer.core.sampling import predict_probs, select
+from trainer.data.registry import DATASETS, clean_twin, load_dataset, train_fraction
+from trainer.explain.metrics import test_irrelevant_share
+from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
+from trainer.runs.atomic import write_json
+
+ARMS = ("baseline", "clean", "rrr_all", "hitl")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One benchmark: arms x seeds (x budgets x strategies for the hitl arm)."""
+
+    dataset: str = "decoy-mnist"
+    model: str = "small-cnn"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budgets: tuple[float, ...] = (0.01,)
+    strategies: tuple[str, ...] = ("entropy",)
+    rounds: int = 5
+    cell_px: int = 4
+    train_fraction: float = 1.0
+    arms: tuple[str, ...] = ARMS
+    saliency: str = "deeplift"
+    share_images: int = 500
+    train: TrainConfig = field(default_factory=TrainConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if clean_twin(self.dataset) is None:
+            known = [name for name, entry in DATASETS.items() if entry.clean]
+            raise ValueError(f"experiments need a built-in dataset with a known decoy: {', '.join(known)}; "
+                             f"got {self.dataset!r}")
+        unknown = set(self.arms) - set(ARMS)
+        if unknown:
+            raise ValueError(f"unknown arms {sorted(unknown)}: use {', '.join(ARMS)}")
+        if any(not 0 <= b <= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be shares of the training set in [0, 1], got {self.budgets}")
+        check_int(self.rounds, "rounds", minimum=1)
+
+
+def arm_names(cfg: ExperimentConfig) -> list[tuple[str, str, float, str]]:
+    """(arm name, kind, budget, strategy) for every arm; hitl arms get a suffix when several are swept."""
+    out = []
+    for arm in cfg.arms:
+        if arm != "hitl":
+            out.append((arm, arm, 0.0, ""))
+            continue
+        many = len(cfg.budgets) * len(cfg.strategies) > 1
+        for b in cfg.budgets:
+            for s in cfg.strategies:
+                out.append((f"hitl[{s}@{b:g}]" if many else "hitl", "hitl", b, s))
+    return out
+
+
+def run_arm(cfg: ExperimentConfig, kind: str, seed: int, budget: float, strategy: str) -> dict:
+    """Train one arm for one seed; returns acc, min_loss, irrelevant_share, annotated_fraction, history."""
+    started = time.perf_counter()
+    decoy_train, test = load_dataset(cfg.dataset, seed=seed)  # every arm is judged on the decoy test set
+    decoy_train = train_fraction(decoy_train, cfg.train_fraction, seed=seed)
+    train = decoy_train
+    if kind == "clean":  # the same digits without the patch
+        train = train_fraction(load_dataset(clean_twin(cfg.dataset), seed=seed)[0], cfg.train_fraction, seed=seed)
+    truth = decoy_train.decoy_masks.numpy()
+    _, h, w = train.image_shape
+    grid = Grid.from_cell_px(h, w, cfg.cell_px)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(train.classes), train.image_shape[0], h)
+    optimizer = make_optimizer(model, cfg.train)
+    rng = np.random.default_rng(seed)
+    feedback = Feedback()
+    if kind == "rrr_all":
+        feedback.cells = {i: simulated_cells(truth[i], grid, cfg.annotator, rng) for i in range(len(train))}
+    total = int(round(budget * len(train)))
+    history, losses = [], []
+    for round_ in range(cfg.rounds + 1):
+        if kind == "hitl" and round_ > 0:
+            n_new = total * round_ // cfg.rounds - total * (round_ - 1) // cfg.rounds
+            probs = predict_probs(model, train)
+            ids = select(probs, train.labels, n_new, strategy=strategy, exclude=feedback.given_ids(),
+                         seed=round_seed(seed, round_ - 1))  # the model of round_ - 1 picks, as in `hitl run`
+            for i in ids:
+                feedback.cells[int(i)] = simulated_cells(truth[i], grid, cfg.annotator, rng)
+        result = train_round(model, train, feedback, grid, cfg.train, optimizer=optimizer, val_set=test,
+                             seed=round_seed(seed, round_))
+        losses += [e.val_loss for e in result.epochs]
+        history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids())})
+    return {
+        "acc": history[-1]["acc"],  # the last epoch's accuracy on the test set
+        "min_loss": float(min(losses)),
+        "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
+        "annotated_fraction": len(feedback.annotated_ids()) / len(train),
+        "history": history,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:
+    """Every arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given."""
+    jobs = [(name, kind, seed, b, s) for name, kind, b, s in arm_names(cfg) for seed in cfg.seeds]
+    results: dict = {"dataset": cfg.dataset, "config": _jsonable(asdict(cfg)), "arms": {}}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:  # one thread per worker
+        futures = [(job, pool.submit(run_arm, cfg, job[1], job[2], job[3], job[4])) for job in jobs]
+        for (name, kind, seed, _, _), fut in futures:
+            r = fut.result()
+            log(f"{name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
+                f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
+            arm = results["arms"].setdefault(name, {"acc": [], "min_loss": [], "irrelevant_share": []})
+            for key in ("acc", "min_loss", "irrelevant_share"):
+                arm[key].append(r[key])
+            if kind == "hitl":
+                arm.setdefault("annotated_fraction", []).append(r["annotated_fraction"])
+                arm.setdefault("history", []).append(r["history"])
+    results["seconds"] = time.perf_counter() - started
+    if out is not None:
+        write_json(out / "results.json", results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: mean +- std over seeds for each arm."""
+    rows = [f"{'arm':<28} {'acc':>14} {'min loss':>14} {'irrelevant share':>18} {'annotated':>10}"]
+    for name, arm in results["arms"].items():
+        cells = [_mean_std(arm[k]) for k in ("acc", "min_loss", "irrelevant_share")]
+        ann = f"{np.mean(arm['annotated_fraction']):.3%}" if "annotated_fraction" in arm else "-"
+        rows.append(f"{name:<28} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18} {ann:>10}")
+    return "\n".join(rows)
+
+
+def _mean_std(values) -> str:
+    return f"{np.mean(values):.3f}+-{np.std(values):.3f}"
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=list))
+
+
+def config_from_args(args) -> ExperimentConfig:
+    train = replace(TrainConfig(), **{k: v for k, v in {
+        "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
+    }.items() if v is not None})  # fmt: skip
+    return ExperimentConfig(
+        dataset=args.dataset, model=args.model, seeds=tuple(args.seeds), budgets=tuple(args.budget),
+        strategies=tuple(args.strategy), rounds=args.rounds, cell_px=args.cell_px, train_fraction=args.train_fraction,
+        arms=tuple(args.arms), saliency=args.saliency, train=train, workers=args.workers,
+        annotator=AnnotatorConfig(miss_rate=args.miss_rate, wrong_rate=args.wrong_rate),
+    )  # fmt: skip
+
+
+# --- Command line ------------------------------------------------------------------------------------------
+
+
+def register(sub) -> None:
+    """``hitl experiment``."""
+    d = TrainConfig()
+    p = sub.add_parser("experiment", help="offline benchmark with a simulated annotator (Decoy-MNIST)")
+    p.add_argument("--dataset", default="decoy-mnist")
+    p.add_argument("--model", default="small-cnn")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget", type=float, nargs="+", default=[0.01],
+                   help="share of training images that may receive feedback over all rounds (several: a sweep)")
+    p.add_argument("--strategy", nargs="+", default=["entropy"],
+                   help="sampler(s): entropy, confident_mistakes, margin, random")
+    p.add_argument("--rounds", type=int, default=5, help="feedback rounds after the initial round")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
+    p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
+    p.add_argument("--replay", type=int, default=None, help=f"annotated rows appended to each batch (default {d.replay})")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--cell-px", type=int, default=4)
+    p.add_argument("--train-fraction", type=float, default=1.0)
+    p.add_argument("--arms", nargs="+", default=["baseline", "clean", "rrr_all", "hitl"])
+    p.add_argument("--saliency", default="deeplift", help="method for the irrelevant-share metric")
+    p.add_argument("--miss-rate", type=float, default=0.0, help="simulated annotator misses a decoy cell")
+    p.add_argument("--wrong-rate", type=float, default=0.0, help="simulated annotator adds a wrong cell")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=_experiment)
+
+
+def _experiment(args) -> int:
+    results = run_experiment(config_from_args(args), args.out)
+    print(format_table(results))
+    print(f"wall time {results['seconds']:.0f} s" + (f"; results in {args.out / 'results.json'}" if args.out else ""))
+    return 0

@@ -1,0 +1,280 @@
+"""One training round: epochs of cross-entropy plus the feedback penalty on annotated rows.
+
+Shape legend: N images, C channels, H x W pixels, K classes, B batch rows, M annotated rows in a step.
+
+The annotated images are few (a budget of 1% is 40 of 4,000), so each step appends ``replay`` of them to
+the batch, as the paper's code does ('oversample'); without replay an annotated image is seen once per
+epoch and its penalty is drowned by the other 99% of the steps.
+
+The input-gradient penalty only flattens the model *at* the annotated image: a decoy whose value differs
+elsewhere (another grey level, another ruler) is not covered. So a share ``counterexamples`` of the drawn
+rows have their masked region refilled with a random level (CAIPI's counterexamples, Teso & Kersting 2019):
+the annotation says the prediction must not depend on what is there, so any content there keeps the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from label_config.grid import Grid
+from trainer.core.checks import check_share
+from trainer.core.feedback import Feedback
+from trainer.core.loss import auto_lambda, rrr_penalty
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one round trains. ``lam`` < 0 means automatic: set so the penalty equals CE at the round's first
+    penalised step (Ross et al. chose lambda so both terms have the same order of magnitude).
+    ``warmup_steps`` ramps lambda linearly from 0 over a round's first penalised steps: a model that leans
+    on a decoy starts with a huge penalty, and taking it at full weight at once can collapse the model to
+    uniform predictions (whose input gradient is zero everywhere)."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lam: float = 10.0
+    warmup_steps: int = 60
+    replay: int = 16
+    counterexamples: float = 1.0
+    device: str = "cpu"
+    num_workers: int = 0
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_ce: float
+    penalty: float
+    penalised_rows: int
+    val_acc: float | None = None
+    val_loss: float | None = None
+
+
+@dataclass
+class RoundResult:
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    lam: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"lam": self.lam, "epochs": [asdict(e) for e in self.epochs]}
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The seed of one round of a run or an experiment arm (shuffling, replay draws, sampling): one formula."""
+    return seed * 1000 + round_
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Labelled(Dataset):
+    """The training set with the annotators' label corrections applied."""
+
+    def __init__(self, base: Dataset, fixes: dict[int, int]) -> None:
+        self.base, self.fixes = base, fixes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y, sid = self.base[i]
+        return x, self.fixes.get(int(sid), y), sid
+
+
+class Parallel:
+    """What differs when ``train_round`` runs on several processes, as nanoGPT does it: the loader's sampler,
+    the model wrapper, the replay stream and a sum over processes. This base is one process;
+    ``trainer.runs.distributed.DdpParallel`` is the DistributedDataParallel one."""
+
+    world_size = 1
+
+    def loader(self, data: Dataset, cfg: TrainConfig, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                          num_workers=cfg.num_workers)  # fmt: skip
+
+    def replay(self, train_set: Dataset, feedback: Feedback, grid: Grid, *, seed: int, counterexamples: float):
+        return ReplayPool(train_set, feedback, grid, feedback.annotated_ids(), seed=seed,
+                          counterexamples=counterexamples)  # fmt: skip
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over processes (here: ``t``)."""
+        return t
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, device) -> tuple[float, float]:
+        return evaluate(model, dataset, device=device)
+
+
+def train_round(
+    model: nn.Module,
+    train_set: Dataset,
+    feedback: Feedback,
+    grid: Grid,
+    cfg: TrainConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    val_set: Dataset | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    parallel: Parallel | None = None,
+) -> RoundResult:
+    """Train ``cfg.epochs`` epochs in place. Returns per-epoch metrics and the lambda used.
+
+    Each step minimises CE over the step's rows plus ``ramp * lambda`` times the mean penalty over its
+    annotated rows, where ``ramp`` rises linearly over the round's first ``warmup_steps`` steps that had
+    annotated rows. Under ``parallel`` with R processes the rows are all processes' rows: each process
+    weighs its CE by R * B_r / B and its penalty by R * M_r / M, so DDP's gradient mean is the gradient of
+    that one loss. Nothing waits on the host inside a step (metrics stay on the device until the epoch ends).
+    """
+    parallel = parallel or Parallel()
+    device = torch.device(cfg.device)
+    model.to(device)
+    optimizer = optimizer or make_optimizer(model, cfg)
+    if optimizer.state:  # state loaded before the model moved: load_state_dict recasts it to the params' device
+        optimizer.load_state_dict(optimizer.state_dict())
+    net = parallel.wrap(model)
+    loader = parallel.loader(Labelled(train_set, feedback.labels), cfg, seed)
+    replay = parallel.replay(train_set, feedback, grid, seed=seed, counterexamples=cfg.counterexamples)
+    penalise = bool(feedback.annotated_ids())  # the same on every process: the same number of forwards
+    world = parallel.world_size
+    lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
+    ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps with annotated rows so far
+    result = RoundResult(lam=cfg.lam)
+    for epoch in _maybe_tqdm(range(cfg.epochs), progress, "epochs"):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        net.train()
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss * B, ce * B, penalty sum, M, B
+        for x, y, ids in loader:
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay)
+            if n_drawn:  # drawn rows join the batch's CE too; the batch's own annotated rows are in it already
+                x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
+            counts = parallel.all_reduce(torch.tensor([len(y), len(xa)], dtype=torch.float64, device=device))
+            ce = F.cross_entropy(net(x), y)
+            loss = ce * (world * len(y) / counts[0])
+            pen_sum = torch.zeros((), device=device)
+            scale = torch.zeros((), dtype=torch.float64, device=device)  # ramp * lambda / M
+            if penalise and (len(xa) or world > 1):  # a process without rows still joins DDP's forward
+                if not len(xa):
+                    xa, wa = x[:0], torch.zeros(0, *x.shape[-2:])
+                pen_sum = rrr_penalty(net, xa.to(device), wa.to(device)).sum()
+                if lam is None:
+                    lam = _first_lambda(parallel, ce, len(y), pen_sum, counts)
+                    result.lam = cfg.lam if lam is None else lam
+                ramped = ramped + (counts[1] > 0)
+                ramp = (ramped / cfg.warmup_steps).clamp(max=1.0) if cfg.warmup_steps else 1.0
+                scale = ramp * (lam or 0.0) / counts[1].clamp(min=1.0)
+                loss = loss + (world * scale).to(pen_sum.dtype) * pen_sum
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ce_b = ce.detach().double() * len(y)
+            sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
+                                 pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(len(y))])
+        result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
+        if val_set is not None:
+            result.epochs[-1].val_acc, result.epochs[-1].val_loss = parallel.evaluate(model, val_set, device)
+    if cfg.lam >= 0:
+        result.lam = cfg.lam
+    return result
+
+
+def _first_lambda(parallel: Parallel, ce: torch.Tensor, rows: int, pen_sum: torch.Tensor,
+                  counts: torch.Tensor) -> float | None:
+    """Automatic lambda (penalty = CE) from the first step with annotated rows over all processes; None
+    before one. ce: this process's mean CE over its ``rows``; counts: (B, M) over all processes."""
+    t = parallel.all_reduce(torch.stack([ce.detach().double() * rows, pen_sum.detach().double()]))
+    total_rows, m = counts.tolist()  # lambda < 0 only: one host sync per step until it is set
+    return None if m == 0 else auto_lambda(t[0] / total_rows, t[1] / m)
+
+
+def _epoch_metrics(epoch: int, sums: list[float]) -> EpochMetrics:
+    loss, ce, pen, m, rows = sums
+    return EpochMetrics(epoch=epoch, train_loss=loss / max(1, rows), train_ce=ce / max(1, rows),
+                        penalty=pen / max(1, m), penalised_rows=int(m))  # fmt: skip
+
+
+class ReplayPool:
+    """Annotated rows for each step: those already in the batch plus ``k`` drawn from all annotated images."""
+
+    def __init__(
+        self, dataset: Dataset, feedback: Feedback, grid: Grid, annotated: list[int], *, seed, counterexamples: float = 0.0
+    ) -> None:
+        check_share(counterexamples, "counterexamples")
+        self.dataset, self.feedback, self.grid = dataset, feedback, grid
+        self.counterexamples = counterexamples
+        self.annotated = set(annotated)
+        self.pool = np.asarray(annotated, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def _row(self, sid: int):
+        if sid not in self._cache:
+            x, y, _ = self.dataset[sid]
+            y = self.feedback.labels.get(sid, y)
+            self._cache[sid] = (x, int(y), self.feedback.masks([sid], self.grid)[0])
+        return self._cache[sid]
+
+    def rows(self, batch_ids: torch.Tensor, k: int):
+        """Penalty rows (x (M, C, H, W), y (M,), W (M, H, W), n_drawn): first up to ``k`` annotated images
+        drawn from outside the batch, then the batch's own annotated images."""
+        in_batch = [int(i) for i in batch_ids if int(i) in self.annotated]
+        drawn: list[int] = []
+        candidates = self.pool[~np.isin(self.pool, in_batch)] if in_batch else self.pool
+        if k > 0 and len(candidates):
+            drawn = [int(i) for i in self.rng.choice(candidates, size=min(k, len(candidates)), replace=False)]
+        rows = [self._row(i) for i in drawn + in_batch]
+        if not rows:
+            return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), 0
+        x, y, w = zip(*rows)
+        x, w = torch.stack(x), torch.stack(w)
+        if drawn and self.counterexamples > 0:
+            x[: len(drawn)] = counterexample(x[: len(drawn)], w[: len(drawn)], self.counterexamples, self.rng)
+        return x, torch.as_tensor(y), w, len(drawn)
+
+
+def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator) -> torch.Tensor:
+    """Refill the masked region of a random ``share`` of rows with one random level per row and channel.
+
+    x: (M, C, H, W) in [0, 1]; w: (M, H, W) mask W. Returns a new (M, C, H, W) tensor.
+    """
+    m, c = x.shape[:2]
+    pick = torch.from_numpy(rng.random(m) < share)
+    level = torch.from_numpy(rng.random((m, c)).astype(np.float32))[:, :, None, None]
+    inside = (w[:, None] > 0) & pick[:, None, None, None]
+    return torch.where(inside, level.expand_as(x), x)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy in 0-1, mean cross-entropy) on a dataset."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y, _ in DataLoader(dataset, batch_size=batch_size):
+        x, y = x.to(device), torch.as_tensor(y).to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was_training)
+    return correct / max(1, n), loss_sum / max(1, n)
+
+
+def _maybe_tqdm(it, enabled: bool, desc: str):
+    return tqdm(it, desc=desc, leave=False) if enabled else it

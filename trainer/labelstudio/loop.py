@@ -1,0 +1,95 @@
+"""The Label Studio loop (``hitl run``): each round push -> annotators (or the simulated one) -> pull -> train.
+
+``hitl run`` is resumable: checkpoints say which rounds were trained and the ledger which were pushed, so
+after Ctrl-C or a crash it starts where it stopped, without pushing or training anything twice.
+``training_round`` is the backend's "Start Training": pull, then train one round.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trainer.core.checks import check_choice, check_int, check_positive
+from trainer.labelstudio.annotator import simulate_annotator
+from trainer.labelstudio.client import fetch_annotations
+from trainer.labelstudio.link import Link
+from trainer.labelstudio.pull import pull
+from trainer.labelstudio.push import push
+from trainer.runs.ledger import FEEDBACK_MODES
+from trainer.runs.run import Run
+
+
+def wait_for_annotations(client, project_id: int, task_ids: list[int], *, min_annotations: int | None = None,
+                         deadline_s: float | None = None, poll_s: float = 10.0, progress: bool = True,
+                         desc: str = "annotated") -> int:
+    """Poll until ``min_annotations`` of ``task_ids`` have an annotation (default: all) or the deadline
+    passes; how many have one. A skip counts: the annotator answered."""
+    tasks = set(task_ids)
+    target = len(tasks) if min_annotations is None else min(min_annotations, len(tasks))
+    began = time.monotonic()
+    with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
+        while True:
+            done = len({r.task_id for r in fetch_annotations(client, project_id)} & tasks)
+            waited = time.monotonic() - began
+            bar.n = done
+            bar.set_postfix(pending=len(tasks) - done, waited=f"{waited:.0f}s")
+            if done >= target or (deadline_s is not None and waited >= deadline_s):
+                return done
+            left = poll_s if deadline_s is None else min(poll_s, max(0.0, deadline_s - waited))
+            time.sleep(left)
+
+
+def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int | None = None,
+             deadline_minutes: float | None = None, poll_seconds: float = 10.0, simulate: str | None = None,
+             miss_rate: float = 0.0, mode: str = "union", progress: bool = True, log=print) -> list[dict]:
+    """Train until the newest checkpoint is round ``rounds``: each round push -> annotate -> pull -> train.
+
+    Starts where the checkpoints and the ledger say the run stopped. Returns the rounds trained now.
+    """
+    check_int(rounds, "rounds")
+    check_choice(mode, "feedback mode", FEEDBACK_MODES)
+    check_positive(poll_seconds, "poll_seconds")
+    check_positive(min_annotations, "min_annotations", optional=True)
+    check_positive(deadline_minutes, "deadline_minutes", optional=True)
+    trained = []
+    if run.current_round() < 0:
+        trained.append(_train(run, None, progress, log))
+    while (r := run.current_round()) < rounds:
+        task_ids = push(run, client, link.project_id, round=r, document_root=link.document_root,
+                        data_uri=link.data_uri)
+        log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({link.url}/projects/{link.project_id})")
+        if simulate:
+            simulate_annotator(run, client, link.project_id, kind=simulate, miss_rate=miss_rate,
+                               task_ids=task_ids, seed=run.config.seed + r)
+        else:
+            wait_for_annotations(client, link.project_id, task_ids, min_annotations=min_annotations,
+                                 deadline_s=None if deadline_minutes is None else 60.0 * deadline_minutes,
+                                 poll_s=poll_seconds, progress=progress, desc=f"round {r} annotated")
+        report = pull(run, client, link.project_id, mode=mode)
+        log(f"round {r}: pulled {report.summary()}")
+        for error in report.errors:
+            log(f"  skipped a bad annotation: {error}")
+        trained.append(_train(run, report.feedback, progress, log))
+    return trained
+
+
+def _train(run: Run, feedback, progress: bool, log) -> dict:
+    record = run.train_next_round(feedback, progress=progress)  # also records the round and its feedback in the ledger
+    summary = {k: record.get(k) for k in ("round", "model_version", "annotated", "label_fixes", "acc")}
+    log(json.dumps(summary))
+    return record
+
+
+def training_round(run: Run | str | Path, *, label_studio=None, project_id: int | None = None,
+                   progress: bool = False) -> str:  # fmt: skip
+    """Pull annotations (when given a Label Studio client and project), train one round; the new model_version.
+    ``run`` is a Run (its datasets and ledger stay open across rounds) or a run directory."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    if label_studio is not None and project_id is not None:
+        pull(run, label_studio, project_id)
+    return run.train_next_round(progress=progress)["model_version"]

@@ -1,0 +1,237 @@
+"""A run directory: the config, one checkpoint per round, the ledger and the history.
+
+    RUN/config.json         RunConfig, written once
+    RUN/checkpoints/round-NNN.pt
+    RUN/ledger.sqlite       what was pushed, pulled and used (trainer.runs.ledger)
+    RUN/history.json        per-round metrics
+
+Round 0 trains without feedback; round r > 0 continues from round r-1's checkpoint with the feedback the
+ledger holds. A crash inside a round loses only that round: the next call starts it again from the last
+checkpoint, with the same feedback.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from label_config.grid import Grid
+from trainer.core.feedback import Feedback
+from trainer.core.loop import RoundResult, TrainConfig, make_optimizer, round_seed, train_round
+from trainer.core.models import build_model
+from trainer.core.sampling import SamplingConfig, predict_probs, select
+from trainer.data.registry import load_dataset
+from trainer.explain.metrics import test_irrelevant_share
+from trainer.runs.atomic import write_json
+from trainer.runs.checkpoint import checkpoint_path, checkpoint_round, latest_checkpoint, read_checkpoint, save_checkpoint
+from trainer.runs.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to rebuild its data, model and grid. ``cell_px`` is in model-input pixels."""
+
+    dataset: str = "decoy-mnist"
+    model: str = "small-cnn"
+    image_size: int | None = None
+    channels: int | None = None
+    cell_px: int = 4
+    seed: int = 0
+    saliency: str = "deeplift"
+    top_k: int = 3
+    weights: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown run config keys: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        data["train"] = TrainConfig(**data.get("train", {}))
+        data["sampling"] = SamplingConfig(**data.get("sampling", {}))
+        return cls(**data)
+
+
+class Run:
+    """A run directory. Create it once with ``Run.create``; every later process uses ``Run.open``."""
+
+    def __init__(self, directory: str | Path, config: RunConfig) -> None:
+        self.directory = Path(directory)
+        self.config = config
+
+    @classmethod
+    def create(cls, directory: str | Path, config: RunConfig) -> "Run":
+        """Make the directory; an existing run is reopened if its config is the same, else refused."""
+        directory = Path(directory)
+        path = directory / "config.json"
+        if path.exists():
+            run = cls.open(directory)
+            if run.config != config:
+                raise ValueError(f"{directory} already holds a run with another config; open it or use a new directory")
+            return run
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(path, asdict(config))
+        return cls(directory, config)
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Run":
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a run directory (no config.json); create one with `hitl init`")
+        return cls(directory, RunConfig.from_dict(json.loads(path.read_text())))
+
+    @property
+    def name(self) -> str:
+        return self.directory.resolve().name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.directory / "checkpoints"
+
+    @cached_property
+    def datasets(self):
+        """(train, test) datasets, loaded once per process."""
+        c = self.config
+        return load_dataset(c.dataset, size=c.image_size, seed=c.seed, channels=c.channels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.datasets[0].image_shape)  # type: ignore[return-value]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.datasets[0].classes)
+
+    @property
+    def grid(self) -> Grid:
+        _, h, w = self.image_shape
+        return Grid.from_cell_px(h, w, self.config.cell_px)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.directory / "ledger.sqlite")
+
+    def current_round(self) -> int:
+        """The round of the newest checkpoint, -1 before round 0 finished."""
+        latest = latest_checkpoint(self.checkpoint_dir)
+        return -1 if latest is None else checkpoint_round(latest)
+
+    def model_version(self, round_: int) -> str:
+        return f"{self.name}-r{round_:03d}"
+
+    def load_model(self, device: str | torch.device | None = None) -> tuple[nn.Module, torch.optim.Optimizer, dict | None]:
+        """(model, optimizer, meta) of the newest checkpoint, or a fresh model and meta None; on ``device``
+        (default: the config's training device)."""
+        c = self.config
+        ch, h, _ = self.image_shape
+        torch.manual_seed(c.seed)
+        latest = latest_checkpoint(self.checkpoint_dir)
+        # The local weights file only seeds round 0: a later round starts from its checkpoint, file or no file.
+        model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights if latest is None else None)
+        # On the training device before the optimizer exists: load_state_dict then puts Adam's state there too.
+        model.to(device or c.train.device)
+        optimizer = make_optimizer(model, c.train)
+        if latest is None:
+            return model, optimizer, None
+        state = read_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        return model, optimizer, state["meta"]
+
+    def feedback(self) -> Feedback:
+        """The feedback the ledger holds (an empty one before anything was pulled)."""
+        if not (self.directory / "ledger.sqlite").exists():
+            return Feedback()
+        return self.ledger.feedback(self.grid)
+
+    def train_next_round(self, feedback: Feedback | None = None, *, progress: bool = False) -> dict:
+        """Train the next round from the newest checkpoint; save its checkpoint and history entry."""
+        started_at = datetime.now(timezone.utc)
+        model, optimizer, _ = self.load_model()
+        round_ = self.current_round() + 1
+        feedback = self.feedback() if feedback is None else feedback
+        train, test = self.datasets
+        cfg = self.config.train
+        result = train_round(
+            model, train, feedback, self.grid, cfg, optimizer=optimizer, val_set=test,
+            seed=round_seed(self.config.seed, round_), progress=progress,
+        )  # fmt: skip
+        return self.finish_round(round_, model, optimizer, feedback, result, started_at=started_at)
+
+    def finish_round(self, round_: int, model: nn.Module, optimizer, feedback: Feedback, result: RoundResult, *,
+                     started_at=None,
+                     **extra) -> dict:  # fmt: skip
+        """The round's record (metrics on the test set), then the ledger (the feedback it trained with), the
+        checkpoint and the history entry. The ledger comes first and is keyed by round: a crash before the
+        checkpoint retrains the round and rewrites the same rows."""
+        _, test = self.datasets
+        record = {
+            "round": round_,
+            "model_version": self.model_version(round_),
+            "annotated": len(feedback.annotated_ids()),
+            "label_fixes": len(feedback.labels),
+            "acc": result.epochs[-1].val_acc if result.epochs else None,
+            "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
+            "irrelevant_share": test_irrelevant_share(model, test, method=self.config.saliency, limit=200),
+            **extra,
+            **result.to_dict(),
+        }
+        summary = {k: record[k] for k in ("annotated", "label_fixes", "acc", "min_loss", "irrelevant_share")}
+        with self.ledger.transaction():
+            self.ledger.record_feedback(round_, feedback)
+            self.ledger.record_round(round_, record["model_version"], started_at=started_at,
+                                     finished_at=datetime.now(timezone.utc), metrics=summary)  # fmt: skip
+        save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, self.meta(round_), optimizer)
+        self._append_history(record)
+        return record
+
+    def meta(self, round_: int) -> dict:
+        ch, h, _ = self.image_shape
+        g = self.grid
+        return {
+            "model": self.config.model, "num_classes": len(self.classes), "in_channels": ch, "image_size": h,
+            "classes": self.classes, "round": round_, "model_version": self.model_version(round_),
+            "grid": {"rows": g.rows, "cols": g.cols}, "dataset": self.config.dataset,
+        }  # fmt: skip
+
+    def choose_samples(self, model: nn.Module, round_: int, n: int, exclude: set[int]) -> list[int]:
+        """The ``n`` training images to ask about after round ``round_``, by the configured strategy (seeded
+        by that round, so the same round picks the same images whenever it is asked)."""
+        train, _ = self.datasets
+        probs = predict_probs(model, train, device=self.config.train.device)
+        return [int(i) for i in select(probs, train.labels, n, strategy=self.config.sampling.strategy,
+                                       exclude=exclude, seed=round_seed(self.config.seed, round_))]  # fmt: skip
+
+    def history(self) -> list[dict]:
+        path = self.directory / "history.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def _append_history(self, record: dict) -> None:
+        history = [h for h in self.history() if h["round"] != record["round"]] + [record]
+        write_json(self.directory / "history.json", history)
+
+
+def with_overrides(config: RunConfig, **overrides) -> RunConfig:
+    """A copy with top-level or ``train.X`` / ``sampling.X`` overrides (None values ignored)."""
+    top, train, sampling = {}, {}, {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("train."):
+            train[key[6:]] = value
+        elif key.startswith("sampling."):
+            sampling[key[9:]] = value
+        else:
+            top[key] = value
+    return replace(config, train=replace(config.train, **train), sampling=replace(config.sampling, **sampling), **top)
+
