@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.core.loss import auto_lambda, frozen_batchnorm, rrr_penalty
+from trainer.core.loss import auto_lambda, penalty_batchnorm, rrr_penalty
 from trainer.core.models import build_model
 
 
@@ -75,15 +75,36 @@ def test_penalty_validates_shapes():
         rrr_penalty(_tiny(), torch.rand(1, 8, 8), torch.ones(1, 8, 8))
 
 
-def test_frozen_batchnorm_keeps_running_stats_and_restores_mode():
-    model = _tiny(bn=True).train()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_penalty_batchnorm_uses_batch_statistics_keeps_running_ones_and_restores_mode(mode):
+    model = _tiny(bn=True).train(mode == "train")
     bn = model[1]
-    before = bn.running_mean.clone()
-    rrr_penalty(model, torch.rand(1, 1, 8, 8), torch.ones(1, 8, 8))  # one row: would fail in train-mode BN stats
-    assert torch.equal(bn.running_mean, before)
-    assert bn.training
-    with frozen_batchnorm(model):
-        assert not bn.training
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.momentum)
+    x = torch.rand(3, 1, 8, 8)
+    pen = rrr_penalty(model, x, torch.ones(3, 8, 8))
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.training == (mode == "train") and bn.momentum == before[2]
+    with penalty_batchnorm(model):  # the same penalty as a batch-statistics model computes
+        assert bn.training and bn.momentum == 0.0
+        reference = rrr_penalty(_with_batch_stats(model), x, torch.ones(3, 8, 8))
+    torch.testing.assert_close(pen, reference)
+
+
+def _with_batch_stats(model: nn.Module) -> nn.Module:
+    """A copy whose batch norm always normalises by the batch (no running statistics at all)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats, m.running_mean, m.running_var = False, None, None
+    return twin
+
+
+def test_penalty_batchnorm_falls_back_for_one_value_per_channel():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).train()
+    pen = rrr_penalty(model, torch.rand(1, 1, 8, 8), torch.ones(1, 8, 8))  # one row: no batch statistics
+    assert pen.shape == (1,) and torch.isfinite(pen).all() and model[2].training
 
 
 def test_auto_lambda_balances_terms():
