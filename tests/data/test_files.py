@@ -361,3 +361,25 @@ def test_load_dataset_dispatches_user_specs(folder_tree):
     assert len(train) + len(test) == 6
     small = train_fraction(train, 0.5, seed=0)
     assert len(small) < len(train) and small[0][2] == 0
+
+
+@pytest.mark.parametrize("name", ["watermark-mnist", "frame-mnist-rgb"])
+def test_a_written_folder_reads_back_with_its_true_masks(tmp_path, name):
+    """``hitl datasets --export`` then ``folder:PATH``: the same images (8-bit) and the same true masks."""
+    from trainer.data.files import write_folder
+    from trainer.data.registry import load_dataset
+
+    train, _ = load_dataset(name, size=28)
+    part = train.subset(np.concatenate([np.flatnonzero(train.labels.numpy() == k)[:3] for k in range(10)]))
+    write_folder(part, tmp_path / "train")
+    assert not list((tmp_path / "train").rglob("*.mask.mask.png"))
+    back = FolderDataset(tmp_path / "train", size=28, channels=part.image_shape[0])
+    assert len(back) == 30 and back.decoy_masks is not None  # mask files are not images
+    order = [int(p.stem) for p in back.paths]  # <sample id>.png, grouped by class
+    assert torch.equal(back.decoy_masks, part.decoy_masks[order])
+    for i, sid in enumerate(order):
+        assert torch.allclose(back[i][0], part[sid][0], atol=0.5 / 255 + 1e-6) and back[i][1] == part[sid][1]
+
+
+def test_folder_without_mask_files_has_no_true_masks(folder_tree):
+    assert FolderDataset(folder_tree, size=SIZE).decoy_masks is None

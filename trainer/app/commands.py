@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.data.registry import load_dataset
+from trainer.core.checks import check_choice
+from trainer.data.files import write_folder
+from trainer.data.registry import DATASETS, load_dataset, native_shape
 from trainer.labelstudio.annotator import SIMULATED_KINDS
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.link import connect_project, read_link
@@ -20,16 +22,20 @@ from trainer.runs.distributed import DistEnv, train_rounds
 from trainer.runs.ledger import FEEDBACK_MODES
 from trainer.runs.run import Run, RunConfig, with_overrides
 
+GRID_CELLS = 7  # cells per side when --cell-px is not given (4 px cells at 28 px, as Decoy-MNIST is tuned)
+
 
 def register(sub) -> None:
     p = sub.add_parser("init", help="create a run directory (dataset, model, grid, training settings)")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--dataset", default=RunConfig.dataset, help="decoy-mnist, decoy-mnist-rgb, folder:PATH or csv:PATH")
+    p.add_argument("--dataset", default=RunConfig.dataset,
+                   help="a built-in dataset (`hitl datasets`), folder:PATH (one folder per class) or csv:PATH")
     p.add_argument("--model", default=None,
                    help="small-cnn, resnet18, resnet50 (default: small-cnn for 1-channel images up to 32 px, else resnet18)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--cell-px", type=int, default=RunConfig.cell_px, help="grid cell side in model-input pixels")
+    p.add_argument("--image-size", type=int, default=None, help="default: the data's own (files: median side, <= 224)")
+    p.add_argument("--channels", type=int, default=None, help="default: the data's own (1 for greyscale files)")
+    p.add_argument("--cell-px", type=int, default=None,
+                   help=f"grid cell side in model-input pixels (default: a {GRID_CELLS} x {GRID_CELLS} grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--saliency", default=RunConfig.saliency)
     p.add_argument("--top-k", type=int, default=RunConfig.top_k, help="salient cells pre-filled as suggestions")
@@ -48,15 +54,25 @@ def register(sub) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: DistributedDataParallel, one process per GPU (gloo on CPU)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("datasets", help="list the built-in datasets and their confounders")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument("--export", nargs=2, metavar=("NAME", "DIR"), default=None,
+                   help="write a built-in dataset as image folders (DIR/train, DIR/test; true masks as "
+                        "<id>.mask.png), to try the folder:PATH path with it")
+    p.add_argument("--image-size", type=int, default=None, help="with --export: the size to write")
+    p.set_defaults(func=_datasets)
     _register_label_studio(sub)
 
 
 def _init(args) -> int:
-    if args.model is None:
-        args.model = default_model(args.dataset, args.image_size, args.channels)
+    channels, size = args.channels, args.image_size
+    if channels is None or size is None:  # read from the data (a user's files: their headers)
+        native_channels, native_size = native_shape(args.dataset)
+        channels, size = channels or native_channels, size or native_size
     config = with_overrides(
-        RunConfig(), dataset=args.dataset, model=args.model, image_size=args.image_size, channels=args.channels,
-        cell_px=args.cell_px, seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
+        RunConfig(), dataset=args.dataset, model=args.model or default_model(channels, size), image_size=size,
+        channels=channels, cell_px=args.cell_px or max(1, size // GRID_CELLS), seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
         **{"train.epochs": args.epochs, "train.lam": args.lam, "train.replay": args.replay,
            "train.device": args.device, "sampling.strategy": args.strategy, "sampling.per_round": args.per_round},
     )  # fmt: skip
@@ -65,14 +81,32 @@ def _init(args) -> int:
     return 0
 
 
-def default_model(dataset: str, image_size: int | None, channels: int | None) -> str:
+def _datasets(args) -> int:
+    if args.export:
+        name, directory = args.export
+        check_choice(name, "built-in dataset", DATASETS)
+        train, test = load_dataset(name, size=args.image_size)
+        for part, data in (("train", train), ("test", test)):
+            write_folder(data, Path(directory) / part)
+        print(f"wrote {len(train)} + {len(test)} images of {name} to {directory}: use --dataset folder:{directory}")
+        return 0
+    rows = [{"name": name, "confounder": e.confounder, "image_shape": list(e.shape), "true_mask": e.clean is not None,
+             "clean_twin": e.clean} for name, e in DATASETS.items()]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':<24} {'confounder':<11} {'image shape':<13} {'true mask':<9} clean twin")
+    for r in rows:
+        shape = " x ".join(map(str, r["image_shape"]))
+        print(f"{r['name']:<24} {r['confounder']:<11} {shape:<13} {'yes' if r['true_mask'] else 'no':<9} "
+              f"{r['clean_twin'] or '-'}")
+    print("user data: folder:PATH (one folder per class) or csv:PATH (ISIC-2017, APTOS-2019, image,label)")
+    return 0
+
+
+def default_model(channels: int, size: int) -> str:
     """A small CNN for MNIST-sized grey images, torchvision's resnet18 for RGB or larger images."""
-    if dataset in ("decoy-mnist", "decoy-mnist-clean") and (image_size or 28) <= 32 and (channels or 1) == 1:
-        return "small-cnn"
-    if dataset.startswith("decoy-mnist"):
-        return "resnet18"
-    c, h, _ = load_dataset(dataset, size=image_size, channels=channels)[0].image_shape
-    return "small-cnn" if c == 1 and h <= 32 else "resnet18"
+    return "small-cnn" if channels == 1 and size <= 32 else "resnet18"
 
 
 def _train(args) -> int:

@@ -27,7 +27,7 @@ from trainer.core.feedback import Feedback
 from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
 from trainer.core.models import build_model
 from trainer.core.sampling import predict_probs, select
-from trainer.data.registry import DATASETS, clean_twin, load_dataset, train_fraction
+from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
 from trainer.runs.atomic import write_json
@@ -37,15 +37,17 @@ ARMS = ("baseline", "clean", "rrr_all", "hitl")
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One benchmark: arms x seeds (x budgets x strategies for the hitl arm)."""
+    """One benchmark: datasets x arms x seeds (x budgets x strategies for the hitl arm). ``image_size`` None
+    keeps each dataset's own size; ``cell_px`` None gives a 7 x 7 grid at any size."""
 
-    dataset: str = "decoy-mnist"
+    datasets: tuple[str, ...] = ("decoy-mnist",)
     model: str = "small-cnn"
+    image_size: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.01,)
     strategies: tuple[str, ...] = ("entropy",)
     rounds: int = 5
-    cell_px: int = 4
+    cell_px: int | None = None
     train_fraction: float = 1.0
     arms: tuple[str, ...] = ARMS
     saliency: str = "deeplift"
@@ -55,10 +57,10 @@ class ExperimentConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if clean_twin(self.dataset) is None:
-            known = [name for name, entry in DATASETS.items() if entry.clean]
-            raise ValueError(f"experiments need a built-in dataset with a known decoy: {', '.join(known)}; "
-                             f"got {self.dataset!r}")
+        for name in self.datasets:
+            if clean_twin(name) is None:
+                raise ValueError(f"experiments need built-in datasets with a known decoy (confounder): "
+                                 f"{', '.join(CONFOUNDED)}; got {name!r}")
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise ValueError(f"unknown arms {sorted(unknown)}: use {', '.join(ARMS)}")
@@ -81,17 +83,19 @@ def arm_names(cfg: ExperimentConfig) -> list[tuple[str, str, float, str]]:
     return out
 
 
-def run_arm(cfg: ExperimentConfig, kind: str, seed: int, budget: float, strategy: str) -> dict:
+def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: float, strategy: str) -> dict:
     """Train one arm for one seed; returns acc, min_loss, irrelevant_share, annotated_fraction, history."""
     started = time.perf_counter()
-    decoy_train, test = load_dataset(cfg.dataset, seed=seed)  # every arm is judged on the decoy test set
+    size = cfg.image_size
+    decoy_train, test = load_dataset(dataset, seed=seed, size=size)  # every arm is judged on the decoy test set
     decoy_train = train_fraction(decoy_train, cfg.train_fraction, seed=seed)
     train = decoy_train
-    if kind == "clean":  # the same digits without the patch
-        train = train_fraction(load_dataset(clean_twin(cfg.dataset), seed=seed)[0], cfg.train_fraction, seed=seed)
+    if kind == "clean":  # the same digits without the confounder
+        clean = load_dataset(clean_twin(dataset), seed=seed, size=size)[0]
+        train = train_fraction(clean, cfg.train_fraction, seed=seed)
     truth = decoy_train.decoy_masks.numpy()
     _, h, w = train.image_shape
-    grid = Grid.from_cell_px(h, w, cfg.cell_px)
+    grid = Grid.from_cell_px(h, w, cfg.cell_px or max(1, h // 7))
     torch.manual_seed(seed)
     model = build_model(cfg.model, len(train.classes), train.image_shape[0], h)
     optimizer = make_optimizer(model, cfg.train)
@@ -124,23 +128,26 @@ def run_arm(cfg: ExperimentConfig, kind: str, seed: int, budget: float, strategy
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:
-    """Every arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given."""
-    jobs = [(name, kind, seed, b, s) for name, kind, b, s in arm_names(cfg) for seed in cfg.seeds]
-    results: dict = {"dataset": cfg.dataset, "config": _jsonable(asdict(cfg)), "arms": {}}
+    """Every dataset x arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given:
+    one table per dataset under ``datasets``."""
+    jobs = [(d, name, kind, seed, b, s) for d in cfg.datasets for name, kind, b, s in arm_names(cfg)
+            for seed in cfg.seeds]  # fmt: skip
+    results: dict = {"config": _jsonable(asdict(cfg)), "datasets": {d: {"arms": {}} for d in cfg.datasets}}
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:  # one thread per worker
-        futures = [(job, pool.submit(run_arm, cfg, job[1], job[2], job[3], job[4])) for job in jobs]
-        for (name, kind, seed, _, _), fut in futures:
+        futures = [(job, pool.submit(run_arm, cfg, *job[:1], *job[2:])) for job in jobs]
+        for (dataset, name, kind, seed, _, _), fut in futures:
             r = fut.result()
-            log(f"{name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
+            log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
                 f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
-            arm = results["arms"].setdefault(name, {"acc": [], "min_loss": [], "irrelevant_share": []})
+            arms = results["datasets"][dataset]["arms"]
+            arm = arms.setdefault(name, {"acc": [], "min_loss": [], "irrelevant_share": []})
             for key in ("acc", "min_loss", "irrelevant_share"):
                 arm[key].append(r[key])
+            arm.setdefault("history", []).append(r["history"])
             if kind == "hitl":
                 arm.setdefault("annotated_fraction", []).append(r["annotated_fraction"])
-                arm.setdefault("history", []).append(r["history"])
     results["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(out / "results.json", results)
@@ -148,13 +155,16 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
 
 
 def format_table(results: dict) -> str:
-    """A plain-text table: mean +- std over seeds for each arm."""
-    rows = [f"{'arm':<28} {'acc':>14} {'min loss':>14} {'irrelevant share':>18} {'annotated':>10}"]
-    for name, arm in results["arms"].items():
-        cells = [_mean_std(arm[k]) for k in ("acc", "min_loss", "irrelevant_share")]
-        ann = f"{np.mean(arm['annotated_fraction']):.3%}" if "annotated_fraction" in arm else "-"
-        rows.append(f"{name:<28} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18} {ann:>10}")
-    return "\n".join(rows)
+    """Plain-text tables, one per dataset: mean +- std over seeds for each arm."""
+    rows = []
+    for dataset, table in results["datasets"].items():
+        rows += [f"{dataset}", f"{'arm':<28} {'acc':>14} {'min loss':>14} {'irrelevant share':>18} {'annotated':>10}"]
+        for name, arm in table["arms"].items():
+            cells = [_mean_std(arm[k]) for k in ("acc", "min_loss", "irrelevant_share")]
+            ann = f"{np.mean(arm['annotated_fraction']):.3%}" if "annotated_fraction" in arm else "-"
+            rows.append(f"{name:<28} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18} {ann:>10}")
+        rows.append("")
+    return "\n".join(rows).rstrip()
 
 
 def _mean_std(values) -> str:
@@ -168,9 +178,10 @@ def _jsonable(d):
 def config_from_args(args) -> ExperimentConfig:
     train = replace(TrainConfig(), **{k: v for k, v in {
         "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
+        "device": args.device,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
-        dataset=args.dataset, model=args.model, seeds=tuple(args.seeds), budgets=tuple(args.budget),
+        datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
         strategies=tuple(args.strategy), rounds=args.rounds, cell_px=args.cell_px, train_fraction=args.train_fraction,
         arms=tuple(args.arms), saliency=args.saliency, train=train, workers=args.workers,
         annotator=AnnotatorConfig(miss_rate=args.miss_rate, wrong_rate=args.wrong_rate),
@@ -183,9 +194,12 @@ def config_from_args(args) -> ExperimentConfig:
 def register(sub) -> None:
     """``hitl experiment``."""
     d = TrainConfig()
-    p = sub.add_parser("experiment", help="offline benchmark with a simulated annotator (Decoy-MNIST)")
-    p.add_argument("--dataset", default="decoy-mnist")
+    p = sub.add_parser("experiment", help="offline benchmark with a simulated annotator (built-in confounders)")
+    p.add_argument("--dataset", nargs="+", default=["decoy-mnist"],
+                   help=f"built-in dataset(s) with a confounder (`hitl datasets`): {', '.join(CONFOUNDED)}")
     p.add_argument("--model", default="small-cnn")
+    p.add_argument("--image-size", type=int, default=None, help="resize the data (default: the dataset's size)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=float, nargs="+", default=[0.01],
                    help="share of training images that may receive feedback over all rounds (several: a sweep)")
@@ -197,7 +211,7 @@ def register(sub) -> None:
     p.add_argument("--replay", type=int, default=None, help=f"annotated rows appended to each batch (default {d.replay})")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--cell-px", type=int, default=4)
+    p.add_argument("--cell-px", type=int, default=None, help="grid cell side in pixels (default: a 7 x 7 grid)")
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--arms", nargs="+", default=["baseline", "clean", "rrr_all", "hitl"])
     p.add_argument("--saliency", default="deeplift", help="method for the irrelevant-share metric")

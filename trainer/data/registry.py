@@ -17,7 +17,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from trainer.data.benchmarks import builtin_spec, decoy_mnist
-from trainer.data.files import load_user_dataset
+from trainer.data.confounders import PAINTERS
+from trainer.data.files import load_user_dataset, probe_shape
 
 USER_PREFIXES = ("folder:", "csv:")
 
@@ -43,13 +44,14 @@ def _builtin(kind: str, rgb: bool) -> BuiltinDataset:
 
 
 def _name(kind: str, rgb: bool) -> str:
-    base = {"corner": "decoy-mnist", "clean": "decoy-mnist-clean"}.get(kind, f"{kind}-mnist")
-    return base.replace("decoy-mnist", "decoy-mnist-rgb") if rgb and kind in ("corner", "clean") else (
-        base + "-rgb" if rgb else base)
+    """decoy-mnist[-rgb][-clean] for Ross et al.'s corner patch and the clean twin, KIND-mnist[-rgb] otherwise."""
+    if kind in ("corner", "clean"):
+        return "decoy-mnist" + ("-rgb" if rgb else "") + ("-clean" if kind == "clean" else "")
+    return f"{kind}-mnist" + ("-rgb" if rgb else "")
 
 
 DATASETS: dict[str, BuiltinDataset] = {
-    _name(kind, rgb): _builtin(kind, rgb) for rgb in (False, True) for kind in ("clean", "corner")
+    _name(kind, rgb): _builtin(kind, rgb) for rgb in (False, True) for kind in ("clean", *PAINTERS)
 }
 CONFOUNDED = tuple(name for name, entry in DATASETS.items() if entry.clean)  # the family: each has a clean twin
 
@@ -69,6 +71,17 @@ def load_dataset(
     if name in DATASETS:
         return DATASETS[name].load(size=size, channels=channels, seed=seed)
     return load_user_dataset(name, size=size or 224, channels=channels or 3, seed=seed, **opts)
+
+
+def native_shape(name: str) -> tuple[int, int]:
+    """``(channels, size)`` of a dataset as it is: a built-in's default, or what a user's files are (their
+    headers: greyscale or colour, median shorter side up to 224 px)."""
+    check_dataset(name)
+    if name in DATASETS:
+        c, h, _ = DATASETS[name].shape
+        return c, h
+    train, _ = load_user_dataset(name, size=8, channels=1, on_error="skip")
+    return probe_shape(list(train.paths))
 
 
 def clean_twin(name: str) -> str | None:
