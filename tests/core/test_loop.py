@@ -41,6 +41,15 @@ def test_counterexample_changes_only_masked_pixels():
     assert torch.equal(counterexample(x, w, 0.0, np.random.default_rng(0)), x)
 
 
+def test_counterexample_from_donors_copies_their_region_only():
+    x, donors = torch.zeros(5, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    w = torch.from_numpy(GRID.cells_to_mask(np.array([[True, False], [False, False]])))[None].expand(5, -1, -1)
+    out = counterexample(x, w, 1.0, np.random.default_rng(0), donors=donors)
+    assert torch.all(out[:, :, 4:, :] == 0) and torch.all(out[:, :, :, 4:] == 0)  # outside W: unchanged
+    for row in out:  # inside W: exactly one donor's pixels
+        assert any(torch.equal(row[:, :4, :4], d[:, :4, :4]) for d in donors)
+
+
 def test_replay_pool_draws_annotated_rows_and_keeps_batch_rows():
     data = _data()
     fb = _feedback([1, 5, 9])

@@ -120,8 +120,10 @@ class _JoinedReplay:
     def __init__(self, pools, joined: JoinedRanks) -> None:
         self.pools, self.joined = pools, joined
 
-    def rows(self, ids, k):
-        parts = [pool.rows(part, k) for pool, part in zip(self.pools, ids.split(self.joined.sizes))]
+    def rows(self, ids, k, donors=None):
+        donor_parts = donors.split(self.joined.sizes) if donors is not None else [None] * len(self.pools)
+        parts = [pool.rows(part, k, donors=d)
+                 for pool, part, d in zip(self.pools, ids.split(self.joined.sizes), donor_parts)]
         drawn = [(x[:n], y[:n], w[:n]) for x, y, w, n in parts if len(x)]
         own = [(x[n:], y[n:], w[n:]) for x, y, w, n in parts if len(x)]
         rows = drawn + own

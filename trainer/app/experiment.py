@@ -11,6 +11,7 @@ Arms, each trained for the same number of epochs, ``(rounds + 1) * epochs``:
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import time
@@ -178,7 +179,8 @@ def _jsonable(d):
 def config_from_args(args) -> ExperimentConfig:
     train = replace(TrainConfig(), **{k: v for k, v in {
         "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
-        "device": args.device,
+        "device": args.device, "warmup_steps": args.warmup, "counterexamples": args.counterexamples,
+        "donors": args.donors,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
         datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
@@ -209,6 +211,11 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
     p.add_argument("--replay", type=int, default=None, help=f"annotated rows appended to each batch (default {d.replay})")
+    p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")
+    p.add_argument("--counterexamples", type=float, default=None,
+                   help=f"share of replayed rows refilled in their mask (default {d.counterexamples})")
+    p.add_argument("--donors", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"refill from other images of the batch, not a random level (default {d.donors})")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--cell-px", type=int, default=None, help="grid cell side in pixels (default: a 7 x 7 grid)")

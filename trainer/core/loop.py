@@ -35,7 +35,8 @@ class TrainConfig:
     penalised step (Ross et al. chose lambda so both terms have the same order of magnitude).
     ``warmup_steps`` ramps lambda linearly from 0 over a round's first penalised steps: a model that leans
     on a decoy starts with a huge penalty, and taking it at full weight at once can collapse the model to
-    uniform predictions (whose input gradient is zero everywhere)."""
+    uniform predictions (whose input gradient is zero everywhere). ``donors``: counterexamples take the
+    marked region from another image of the batch rather than a random level (see ``counterexample``)."""
 
     epochs: int = 3
     batch_size: int = 64
@@ -45,6 +46,7 @@ class TrainConfig:
     warmup_steps: int = 60
     replay: int = 16
     counterexamples: float = 1.0
+    donors: bool = True
     device: str = "cpu"
     num_workers: int = 0
 
@@ -161,7 +163,7 @@ def train_round(
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss * B, ce * B, penalty sum, M, B
         for x, y, ids in loader:
             x, y = x.to(device), torch.as_tensor(y).to(device)
-            xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay)
+            xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay, donors=x if cfg.donors else None)
             if n_drawn:  # drawn rows join the batch's CE too; the batch's own annotated rows are in it already
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
             counts = parallel.all_reduce(torch.tensor([len(y), len(xa)], dtype=torch.float64, device=device))
@@ -230,7 +232,7 @@ class ReplayPool:
             self._cache[sid] = (x, int(y), self.feedback.masks([sid], self.grid)[0])
         return self._cache[sid]
 
-    def rows(self, batch_ids: torch.Tensor, k: int):
+    def rows(self, batch_ids: torch.Tensor, k: int, donors: torch.Tensor | None = None):
         """Penalty rows (x (M, C, H, W), y (M,), W (M, H, W), n_drawn): first up to ``k`` annotated images
         drawn from outside the batch, then the batch's own annotated images."""
         in_batch = [int(i) for i in batch_ids if int(i) in self.annotated]
@@ -244,20 +246,27 @@ class ReplayPool:
         x, y, w = zip(*rows)
         x, w = torch.stack(x), torch.stack(w)
         if drawn and self.counterexamples > 0:
-            x[: len(drawn)] = counterexample(x[: len(drawn)], w[: len(drawn)], self.counterexamples, self.rng)
+            x[: len(drawn)] = counterexample(x[: len(drawn)], w[: len(drawn)], self.counterexamples, self.rng,
+                                             donors=donors)  # fmt: skip
         return x, torch.as_tensor(y), w, len(drawn)
 
 
-def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator) -> torch.Tensor:
-    """Refill the masked region of a random ``share`` of rows with one random level per row and channel.
+def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator, *,
+                   donors: torch.Tensor | None = None) -> torch.Tensor:
+    """Refill the masked region of a random ``share`` of rows: with the same region of a random donor image
+    (``donors`` (D, C, H, W), e.g. the step's batch: whatever that region holds in other images, the annotation
+    says the label must not depend on it), or with one random level per row and channel without donors.
 
     x: (M, C, H, W) in [0, 1]; w: (M, H, W) mask W. Returns a new (M, C, H, W) tensor.
     """
     m, c = x.shape[:2]
     pick = torch.from_numpy(rng.random(m) < share)
-    level = torch.from_numpy(rng.random((m, c)).astype(np.float32))[:, :, None, None]
+    if donors is not None and len(donors):
+        fill = donors[torch.from_numpy(rng.integers(0, len(donors), size=m))].to(x.device, x.dtype)
+    else:
+        fill = torch.from_numpy(rng.random((m, c)).astype(np.float32))[:, :, None, None].expand_as(x)
     inside = (w[:, None] > 0) & pick[:, None, None, None]
-    return torch.where(inside, level.expand_as(x), x)
+    return torch.where(inside.to(x.device), fill, x)
 
 
 @torch.no_grad()

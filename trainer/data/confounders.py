@@ -12,7 +12,7 @@ Kinds (the name of each built-in dataset says which):
 - ``corner``: Ross et al.'s 4 x 4 patch in a random corner, grey level 255 - 25 k (``add_decoy`` keeps their
   exact recipe);
 - ``frame``: a one-pixel frame around the image, grey level 255 - 25 k (a border or a scanner edge);
-- ``texture``: a 4 x 4 binary texture, one fixed pattern per class, in a random corner (a noise patch);
+- ``texture``: a 6 x 6 patch of stripes whose orientation encodes the class, in a random corner (a texture);
 - ``watermark``: a sparse 5 x 5 glyph, one per class, always at the bottom right (a logo or a stamp);
 - ``ruler``: a 2-pixel bar along the top whose length encodes the class, in only ``share`` of the images (a
   ruler in some dermoscopy photos): which images are asked matters, since half carry nothing to mark.
@@ -25,7 +25,8 @@ from collections.abc import Callable
 import numpy as np
 
 SIDE = 28
-PATCH = 4  # corner and texture patch side, pixels at 28 x 28
+PATCH = 4  # corner patch side, pixels at 28 x 28
+TEXTURE = 6  # texture patch side
 GLYPH = 5  # watermark side
 PARTIAL_SHARE = 0.5  # share of images that carry a partial confounder (ruler)
 # Ten distinct colours (matplotlib's tab10): the RGB form's colour for class k.
@@ -69,16 +70,24 @@ def _patterns(side: int, density: float, seed: int) -> np.ndarray:
             return p.astype(np.float32)
 
 
-_TEXTURES = _patterns(PATCH, 0.5, 77)
+def _stripes(side: int, period: float = 3.0) -> np.ndarray:
+    """(10, side, side) binary stripes, class k at 18 k degrees: orientation is what a convolution sees."""
+    r, c = np.mgrid[0:side, 0:side].astype(np.float32)
+    angles = np.deg2rad(18.0 * np.arange(10))[:, None, None]
+    phase = (c * np.cos(angles) + r * np.sin(angles)) * (2 * np.pi / period)
+    return (np.sin(phase) > 0).astype(np.float32)
+
+
+_TEXTURES = _stripes(TEXTURE)
 _GLYPHS = _patterns(GLYPH, 0.35, 78)
 
 
 def paint_texture(k: np.ndarray, rng: np.random.Generator):
     mask = np.zeros((len(k), SIDE, SIDE), dtype=bool)
     ink = np.zeros((len(k), SIDE, SIDE), dtype=np.float32)
-    for i, (r0, c0) in enumerate(_corners(len(k), PATCH, rng)):
-        mask[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = True
-        ink[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = _TEXTURES[k[i]]
+    for i, (r0, c0) in enumerate(_corners(len(k), TEXTURE, rng)):
+        mask[i, r0 : r0 + TEXTURE, c0 : c0 + TEXTURE] = True
+        ink[i, r0 : r0 + TEXTURE, c0 : c0 + TEXTURE] = _TEXTURES[k[i]]
     return mask, ink
 
 
