@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -25,9 +25,9 @@ class BackendConfig:
 
     model_dir: Path
     label_studio_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # secrets never in repr, logs or errors
     basic_auth_user: str | None = None
-    basic_auth_pass: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
     auto_train_after: int = 0
     device: str = "cpu"
     image_timeout: float = 10.0

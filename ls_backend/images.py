@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes
 
 import requests
 from PIL import Image
+from urllib3.exceptions import LocationParseError
+from urllib3.util import Url, parse_url
 
 from trainer.data.view import BadImageError, decode_image
 
@@ -32,29 +34,45 @@ def _short(url: str) -> str:
 
 
 def resolve_url(url: str, label_studio_url: str | None) -> tuple[str, bool]:
-    """``(absolute URL, whether it is Label Studio's)``; raises ImageError for what cannot be fetched."""
+    """``(absolute URL, whether it is Label Studio's)``; raises ImageError for what cannot be fetched.
+
+    Whether a URL is Label Studio's (and so gets the API key) is decided on the final, joined URL, parsed by the
+    parser that sends it (urllib3's): same scheme, host and port as ``LABEL_STUDIO_URL`` and under its path. A
+    relative URL is appended to that base, never ``urljoin``-ed (``/http://host/x`` stays on Label Studio).
+    Backslashes, whitespace and control characters are refused: parsers disagree on them.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ImageError(f"image URL must be a non-empty string, got {url!r}", 400)
+    if any(ch == "\\" or ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ImageError(f"image URL {_short(url)!r} holds a backslash, whitespace or a control character", 400)
+    if url.startswith("//"):
+        raise ImageError(f"image URL {_short(url)!r} has no scheme: use a full http(s) URL or a relative one", 400)
     if url.startswith("/"):
         if not label_studio_url:
             raise ImageError(
                 f"image URL {_short(url)!r} is relative to Label Studio, but LABEL_STUDIO_URL is not set", 422
             )
-        return urljoin(label_studio_url.rstrip("/") + "/", url.lstrip("/")), True
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
+        url = label_studio_url.rstrip("/") + url
+    try:
+        parsed = parse_url(url)
+    except LocationParseError as exc:
+        raise ImageError(f"image URL {_short(url)!r} cannot be parsed: {exc}", 400) from exc
+    if (parsed.scheme or "").lower() not in ("http", "https"):
         raise ImageError(
-            f"image URL {_short(url)!r} has unsupported scheme {scheme or '(none)'!r}: "
+            f"image URL {_short(url)!r} has unsupported scheme {parsed.scheme or '(none)'!r}: "
             "use a Label Studio upload or local-files URL, http(s) or a data URI",
             422,
         )
-    ours = bool(label_studio_url) and _same_origin(url, label_studio_url)
-    return url, ours
+    return url, bool(label_studio_url) and _is_label_studios(parsed, parse_url(label_studio_url))
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+def _is_label_studios(target: Url, base: Url) -> bool:
+    def origin(u: Url) -> tuple:
+        scheme = (u.scheme or "").lower()
+        return scheme, (u.host or "").lower(), u.port or {"http": 80, "https": 443}.get(scheme)
+
+    prefix = (base.path or "/").rstrip("/") + "/"
+    return origin(target) == origin(base) and ((target.path or "/") + "/").startswith(prefix)
 
 
 def fetch_image_bytes(

@@ -17,7 +17,7 @@ from label_config.grid import Grid
 from label_config.names import ANNOTATED, CELL_RECT, PREDICTION_KEY
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
-from ls_backend.images import ImageError, load_task_image, to_data_uri
+from ls_backend.images import ImageError, load_task_image, resolve_url, to_data_uri
 from ls_backend.jobs import TrainingJob
 from trainer.core.loop import TrainConfig
 from trainer.core.models import build_model
@@ -434,3 +434,44 @@ def test_cli_registers_serve_and_bench_predict(run):
     args = parser.parse_args(["serve", "--model-dir", str(run.directory), "--port", "9999"])
     assert (args.model_dir, args.port, args.func.__name__) == (str(run.directory), 9999, "serve")
     assert parser.parse_args(["bench", "predict", "--json"]).json
+
+
+# ---------------------------------------------------------------- the token goes to Label Studio only
+LS = "http://ls.example:8080"
+
+
+@pytest.mark.parametrize("url", [
+    "/http://evil.example/x", "/HTTP://evil.example/x", "/https://evil.example/x", "/data/../http://evil.example/",
+])  # fmt: skip
+def test_relative_urls_that_look_absolute_stay_on_label_studio(url):
+    absolute, ours = resolve_url(url, LS)
+    assert absolute == LS + url and ours  # sent to Label Studio (a 404 there), never to evil.example
+
+
+@pytest.mark.parametrize("url", [
+    "http://evil.example\\@ls.example:8080/x", "/ http://evil.example/x", "http://evil.example/\\x",
+    "http://ls.example:8080/\x00", "//evil.example/x", "http://ls.example:8080/a b",
+])  # fmt: skip
+def test_parser_tricks_are_refused(url):
+    with pytest.raises(ImageError):
+        resolve_url(url, LS)
+
+
+@pytest.mark.parametrize("url, ours", [
+    ("http://ls.example:8080/data/upload/1/a.png", True), ("HTTP://LS.EXAMPLE:8080/x", True),
+    ("http://ls.example/x", False), ("https://ls.example:8080/x", False), ("http://ls.example.evil:8080/x", False),
+    ("http://evil.example/?http://ls.example:8080/", False), ("http://user@evil.example:8080/", False),
+])  # fmt: skip
+def test_only_label_studios_origin_is_ours(url, ours):
+    assert resolve_url(url, LS)[1] is ours
+
+
+def test_label_studio_under_a_path_prefix_owns_only_that_prefix():
+    assert resolve_url("http://h:1/ls/data/x", "http://h:1/ls")[1] is True
+    assert resolve_url("http://h:1/other/x", "http://h:1/ls")[1] is False
+    assert resolve_url("/data/x", "http://h:1/ls") == ("http://h:1/ls/data/x", True)
+
+
+def test_secrets_are_not_in_the_configs_repr(tmp_path):
+    cfg = BackendConfig(model_dir=tmp_path, api_key="tok-123", basic_auth_user="u", basic_auth_pass="pw-456")
+    assert "tok-123" not in repr(cfg) and "pw-456" not in repr(cfg) and "model_dir" in repr(cfg)
