@@ -39,8 +39,26 @@ def _number(value: dict, key: str, where: str, default: float | None = None) -> 
     return float(raw)
 
 
+def _value(item: dict, where: str) -> dict:
+    """A region's ``value``: a dict (missing counts as empty); anything else is a ValueError naming it."""
+    value = item.get("value")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: value must be an object, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _items(result, where: str) -> list[dict]:
+    if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
+        raise ValueError(f"{where}: result must be a list of objects, got {str(result)[:60]!r}")
+    return result
+
+
 def _cos_sin(degrees: float) -> tuple[float, float]:
-    """Exact for multiples of 90 degrees, so right-angle rotations stay axis-aligned."""
+    """Exact for multiples of 90 degrees, so right-angle rotations stay axis-aligned; any finite angle is
+    taken modulo 360 first (1e20 degrees is a real turn, not 0)."""
+    degrees = math.fmod(degrees, 360.0)
     quarter = degrees / 90.0
     if quarter == round(quarter):
         return [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][int(round(quarter)) % 4]
@@ -50,7 +68,7 @@ def _cos_sin(degrees: float) -> tuple[float, float]:
 
 def _rect_corners(item: dict, grid: Grid, where: str) -> tuple[np.ndarray, bool]:
     """(4, 2) corners ``(x, y)`` in percent of the image, validated; and whether it is axis-aligned."""
-    value = item.get("value") or {}
+    value = _value(item, where)
     x, y = _number(value, "x", where), _number(value, "y", where)
     w, h = _number(value, "width", where), _number(value, "height", where)
     rot = _number(value, "rotation", where, default=0.0)
@@ -158,7 +176,7 @@ def regions_to_cells(
     Raises ValueError naming the task, annotation and region on malformed geometry.
     """
     cells = np.zeros(grid.shape, dtype=bool)
-    for item in result:
+    for item in _items(result, f"task {task_id}, annotation {annotation_id}"):
         kind = str(item.get("type", "")).lower()
         if kind not in RECT_TAGS + POINT_TAGS:
             continue
@@ -168,7 +186,7 @@ def regions_to_cells(
         if kind in RECT_TAGS:
             cells |= _rect_cells(item, grid, where, min_overlap)
         else:
-            value = item.get("value") or {}
+            value = _value(item, where)
             point = np.array([[_number(value, "x", where), _number(value, "y", where)]])
             _check_range(point, where)
             cells[_point_cell(*_to_cells(point, grid)[0], grid)] = True
@@ -190,7 +208,7 @@ def _choices(result: list[dict], name: str | None, where: str) -> list[str]:
     found: list[str] = []
     for item in result:
         if item.get("from_name") == name and str(item.get("type", "")).lower() == "choices":
-            chosen = (item.get("value") or {}).get("choices", [])
+            chosen = _value(item, where).get("choices", [])
             if not isinstance(chosen, list):
                 raise ValueError(f"{where}: choices of {name!r} must be a list, got {chosen!r}")
             found.extend(chosen)
@@ -218,6 +236,7 @@ def parse_annotation(
         "fix": controls.correct_label.name if controls and controls.correct_label else CORRECT_LABEL,
         "skip": controls.skip.name if controls and controls.skip else SKIP,
     }
+    result = _items(result, where)
     cells = regions_to_cells(result, grid, task_id=task_id, annotation_id=annotation_id)
     cells.setflags(write=False)
     fixes = _choices(result, names["fix"], where)

@@ -288,3 +288,24 @@ def test_combine_cells_tie_is_not_a_majority_and_bad_input_raises():
         combine_cells([a, np.zeros((3, 3), bool)])
     with pytest.raises(ValueError, match="mode"):
         combine_cells([a], mode="vote")
+
+
+@pytest.mark.parametrize("result", [
+    [{"type": "rectanglelabels", "value": "x=1"}], [{"type": "keypointlabels", "value": [1, 2]}],
+    [{"type": "choices", "from_name": SKIP, "value": "yes"}], "not a list", [["a list"]],
+])  # fmt: skip
+def test_malformed_values_are_value_errors_naming_the_annotation(result):
+    """A pull records such an annotation as bad and goes on; a TypeError would roll back the whole pull."""
+    with pytest.raises(ValueError, match="task 3, annotation 9"):
+        parse_annotation(result, Grid(28, 28, 7, 7), ["a", "b"], task_id=3, annotation_id=9)
+
+
+def test_huge_rotation_is_taken_modulo_360():
+    grid = Grid(28, 28, 7, 7)
+    rect = {"x": 40.0, "y": 40.0, "width": 10.0, "height": 5.0, "rectanglelabels": [CELL_RECT]}
+
+    def cells(rotation):
+        return regions_to_cells([{"type": "rectanglelabels", "value": {**rect, "rotation": rotation}}], grid)
+
+    turned = 1e20 % 360.0  # what a rotation of 1e20 degrees is
+    assert np.array_equal(cells(1e20), cells(turned)) and not np.array_equal(cells(1e20), cells(0.0))
