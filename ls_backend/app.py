@@ -13,9 +13,11 @@ Every error is JSON ``{"error": message}`` with a 4xx/5xx status; the server sta
 from __future__ import annotations
 
 import hmac
+import json
 import time
 
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from ls_backend.config import BackendConfig
@@ -31,7 +33,8 @@ def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
     if preload and model.latest_version() is not None:
         model.snapshot()
     app = Flask("ls_backend")
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the order label-studio-ml uses
+    app.json = StrictJSON(app)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes  # larger bodies: 413, before any parsing
     app.extensions["hitl"] = {"model": model, "job": job, "config": config, "started": time.time()}
     _install_auth(app, config)
     _install_errors(app)
@@ -39,10 +42,22 @@ def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
     return app
 
 
+class StrictJSON(DefaultJSONProvider):
+    """Responses in label-studio-ml's key order, and never NaN or Infinity (not JSON: Label Studio's parser
+    refuses them), so a non-finite number is an error here rather than a broken answer there."""
+
+    sort_keys = False
+
+    def dumps(self, obj, **kwargs) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
+
+
 def _json_body() -> dict:
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        raise BackendError("request body is not valid JSON", 400)
+    try:
+        data = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError):  # malformed, not UTF-8, or nested deeper than the parser goes
+        raise BackendError("request body is not valid JSON", 400) from None
     if not isinstance(data, dict):
         raise BackendError(f"request body must be a JSON object, got {type(data).__name__}", 400)
     return data

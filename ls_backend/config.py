@@ -32,6 +32,7 @@ class BackendConfig:
     device: str = "cpu"
     image_timeout: float = 10.0
     max_image_bytes: int = 50 * 2**20
+    max_request_bytes: int = 8 * 2**20  # a /predict of 100 tasks with URLs is a few kB; data URIs need more
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))

@@ -9,6 +9,7 @@ predicts is never the one being trained; predictions take a lock because captum 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -127,6 +128,9 @@ class SaliencyModel:
         out = []
         for i, cells in enumerate(found.top):
             k, p = int(found.predicted[i]), float(found.probs[i, found.predicted[i]])
+            if not math.isfinite(p):
+                raise BackendError(f"task {tasks[i].get('id', '?')}: the model's output is not finite (an image "
+                                   "with NaN or infinite pixels?)", 422)  # fmt: skip
             peak = float(found.scores[i].max()) or 1.0
             result = suggestion_result(
                 cells, snap.grid, score=[float(found.scores[i][r, c]) / peak for r, c in cells], control=region

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -475,3 +477,31 @@ def test_label_studio_under_a_path_prefix_owns_only_that_prefix():
 def test_secrets_are_not_in_the_configs_repr(tmp_path):
     cfg = BackendConfig(model_dir=tmp_path, api_key="tok-123", basic_auth_user="u", basic_auth_pass="pw-456")
     assert "tok-123" not in repr(cfg) and "pw-456" not in repr(cfg) and "model_dir" in repr(cfg)
+
+
+# ---------------------------------------------------------------- bad requests answer 4xx JSON
+@pytest.mark.parametrize("route", ["/setup", "/predict", "/webhook"])
+def test_deeply_nested_json_is_a_400(client, route):
+    resp = client.post(route, data="[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert resp.status_code == 400 and "not valid JSON" in resp.json["error"]
+
+
+def test_a_body_over_the_limit_is_a_413(client):
+    resp = client.post("/predict", data=b"x" * (9 * 2**20), content_type="application/json")
+    assert resp.status_code == 413 and "error" in resp.json
+
+
+def test_nan_pixels_answer_422_in_valid_json_not_nan(client):
+    picture = Image.fromarray(np.full((28, 28), np.nan, dtype=np.float32), mode="F")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="TIFF")
+    uri = "data:image/tiff;base64," + base64.b64encode(buffer.getvalue()).decode()
+    resp = client.post("/predict", json=predict_body(uri))
+    json.loads(resp.get_data(as_text=True))  # strict JSON: no NaN anywhere
+    assert resp.status_code == 422 and "not finite" in resp.json["error"]
+
+
+def test_a_stray_file_in_checkpoints_does_not_break_versions(client, run):
+    (run.checkpoint_dir / "round-final.pt").write_bytes(b"not a checkpoint")
+    resp = client.get("/versions")
+    assert resp.status_code == 200 and resp.json["versions"] == [run.model_version(0)]
