@@ -161,7 +161,10 @@ class SaliencyModel:
             )  # fmt: skip
         except ImageError as exc:
             raise BackendError(f"task {tid}: {exc}", exc.status) from exc
-        return model_view(image, meta["image_size"], meta["in_channels"])
+        try:
+            return model_view(image, meta["image_size"], meta["in_channels"])
+        except ValueError as exc:  # a mode that cannot be shown to the model (LAB, HSV)
+            raise BackendError(f"task {tid}: {exc}", 422) from exc
 
     def fit(self, project_id: int | None) -> str:
         """Train one round (pulling the project's annotations when Label Studio is configured); the new

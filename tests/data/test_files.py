@@ -267,12 +267,13 @@ def test_bad_file_raises_naming_it_or_is_skipped(tmp_path, kind, problem):
     assert sum(1 for _ in DataLoader(ds, batch_size=2)) == (n - 1 + 1) // 2
 
 
-def test_truncated_file_without_cache_fails_naming_it_when_read(tmp_path):
+def test_truncated_file_without_cache_is_found_when_the_dataset_is_built(tmp_path):
+    """A JPEG's header still verifies when its pixel data is cut: the check decodes the whole file, so the
+    dataset refuses it (or skips it) up front instead of failing mid-epoch."""
     build = _maker("isic", tmp_path)
-    bad = _break(build(), "truncated")  # a JPEG: its header still verifies
-    ds = build()
+    bad = _break(build(), "truncated")
     with pytest.raises(BadImageError, match=str(bad)):
-        ds[1]
+        build()
 
 
 def test_on_error_must_be_known(tmp_path):

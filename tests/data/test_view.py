@@ -74,3 +74,30 @@ def test_decode_image_of_bytes_equals_load_image_of_the_file(tmp_path):
     assert from_bytes.size == from_file.size and np.array_equal(np.asarray(from_bytes), np.asarray(from_file))
     with pytest.raises(BadImageError, match="broken.png"):
         decode_image(b"not an image", "broken.png")
+
+
+def test_a_long_strip_costs_only_the_cropped_region():
+    """1 x 5000 pixels at 224: resizing the whole strip first would make a 224 x 1,120,000 image (750 MB)."""
+    import tracemalloc
+
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5000, 1), dtype=np.uint8))
+    tracemalloc.start()
+    view = model_view(strip, 224, 3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert view.shape == (3, 224, 224) and peak < 50 * 2**20
+
+
+def test_a_decompression_bomb_is_an_error(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # warns above 100 pixels, refuses above 200
+    buffer = __import__("io").BytesIO()
+    Image.new("L", (12, 12)).save(buffer, format="PNG")  # 144 pixels: only a warning before
+    with pytest.raises(BadImageError, match="bomb"):
+        decode_image(buffer.getvalue(), "big.png")
+
+
+@pytest.mark.parametrize("mode", ["LAB", "La"])
+def test_a_mode_that_cannot_be_shown_is_a_value_error_naming_it(mode):
+    """PIL converts LAB to RGB but not to L: a grey model's backend answered such an image with a 500."""
+    with pytest.raises(ValueError, match=f"image mode {mode} cannot be converted to L"):
+        model_view(Image.new(mode, (8, 8)), 8, 1)

@@ -10,6 +10,7 @@ image map back to the same pixels the model saw, and the benchmark times what th
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,9 +74,11 @@ def decode_image(data: bytes, source: str = "<bytes>") -> Image.Image:
 
 def _decode(opener: Callable[[], Image.Image], source: Path) -> Image.Image:
     try:
-        with opener() as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is an error, not a warning
+            with opener() as img:
+                img.load()
+                return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise BadImageError([(source, "missing file")]) from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -83,14 +86,16 @@ def _decode(opener: Callable[[], Image.Image], source: Path) -> Image.Image:
 
 
 def check_image(path: Path) -> str | None:
-    """Why ``path`` is not a usable image (missing, unidentified, bad header), or None. Reads headers only."""
+    """Why ``path`` is not a usable image (missing, truncated, corrupt, a bomb, a mode that cannot be shown to
+    the model), or None. Decodes the whole file, once, so nothing fails mid-epoch."""
     if not path.is_file():
         return "missing file"
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:
-        return f"corrupt image: {exc}"
+        view_array(load_image(path), 1, 3)
+    except BadImageError as exc:
+        return exc.problems[0][1]
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -115,16 +120,28 @@ def view_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
         scaled = np.asarray(img, dtype=np.float32) / _HIGH_BIT_MODES[img.mode]
         img = Image.fromarray(np.clip(scaled, 0.0, 1.0).astype(np.float32))
     elif img.mode != ("RGB" if channels == 3 else "L"):
-        img = img.convert("RGB" if channels == 3 else "L")
+        img = _convert(img, "RGB" if channels == 3 else "L")
     resized_w, resized_h = _resized_size(img.width, img.height, size)
     if (resized_w, resized_h) != img.size:
-        img = img.resize((resized_w, resized_h), Image.BILINEAR)
-    left, top = _crop_offset(resized_w, size), _crop_offset(resized_h, size)
-    array = np.asarray(img.crop((left, top, left + size, top + size)))
+        # Resize only the region that survives the crop: the same pixels as resizing the whole image and then
+        # cropping (PIL's filter reads past the box's edges), without a 1 x 5000 strip costing a gigabyte.
+        img = img.resize((size, size), Image.BILINEAR, box=view_box(img.width, img.height, size))
+    else:
+        left, top = _crop_offset(resized_w, size), _crop_offset(resized_h, size)
+        img = img.crop((left, top, left + size, top + size))
+    array = np.asarray(img)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     if array.shape[0] != channels:  # a float grayscale source shown as RGB
         array = np.repeat(array, channels, axis=0)
     return np.array(array, order="C")  # a writable copy: PIL's buffer is read-only
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode``; a conversion PIL lacks (LAB or La to L) is a ValueError naming the mode."""
+    try:
+        return img.convert(mode)
+    except ValueError as exc:
+        raise ValueError(f"image mode {img.mode} cannot be converted to {mode}: {exc}") from None
 
 
 def view_tensor(array: np.ndarray) -> torch.Tensor:
