@@ -136,8 +136,21 @@ def _install_errors(app: Flask) -> None:
         return jsonify(error=f"{type(exc).__name__}: {exc}"), 500
 
 
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
 def _install_auth(app: Flask, config: BackendConfig) -> None:
     if not config.basic_auth_user:
+        if not config.allow_unauthenticated:
+
+            @app.before_request
+            def this_machine_only():
+                if not (request.remote_addr or "").startswith(LOOPBACK):
+                    return jsonify(error="this backend has no credentials, so it answers only on its own machine: "
+                                   "set BASIC_AUTH_USER and BASIC_AUTH_PASS (and give Label Studio the same), or "
+                                   "ALLOW_UNAUTHENTICATED=true on a trusted network"), 403  # fmt: skip
+                return None
+
         return
     user, password = config.basic_auth_user.encode(), (config.basic_auth_pass or "").encode()
 

@@ -36,6 +36,9 @@ def serve(args: argparse.Namespace) -> int:
     config = BackendConfig.from_env(env)
     if args.auto_train_after is not None:
         config = dataclasses.replace(config, auto_train_after=args.auto_train_after)
+    if not args.host.startswith(("127.", "localhost", "::1")) and not config.open_to_others:
+        raise ValueError(f"refusing to listen on {args.host} without credentials: set BASIC_AUTH_USER and "
+                         "BASIC_AUTH_PASS, or ALLOW_UNAUTHENTICATED=true on a trusted network")
     app = create_app(config, preload=True)
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     return 0

@@ -19,7 +19,8 @@ class BackendConfig:
     label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with
     ``Authorization: Token <api_key>``; the key is also how a training round pulls annotations.
     basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them
-    when the backend is connected with basic auth). auto_train_after: start a round after this many
+    when the backend is connected with basic auth); without them the backend answers only requests from this
+    machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round after this many
     ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run.
     """
 
@@ -33,6 +34,7 @@ class BackendConfig:
     image_timeout: float = 10.0
     max_image_bytes: int = 50 * 2**20
     max_request_bytes: int = 8 * 2**20  # a /predict of 100 tasks with URLs is a few kB; data URIs need more
+    allow_unauthenticated: bool = False  # without credentials, answer other machines too (say so explicitly)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -64,4 +66,17 @@ class BackendConfig:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             auto_train_after=auto_train_after,
             device=env.get("DEVICE") or "cpu",
+            allow_unauthenticated=_flag(env, "ALLOW_UNAUTHENTICATED"),
         )
+
+    @property
+    def open_to_others(self) -> bool:
+        """Whether machines other than this one may call it: with credentials, or when explicitly allowed."""
+        return bool(self.basic_auth_user) or self.allow_unauthenticated
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"{name} must be true or false, got {env[name]!r}")
+    return value in ("1", "true", "yes")

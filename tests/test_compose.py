@@ -97,7 +97,9 @@ def test_services_images_and_ports(compose):
     services = compose["services"]
     assert set(services) == SERVICES
     assert services["label-studio"]["ports"] == ["8080:8080"]
-    assert services["ml-backend"]["ports"] == ["9090:9090"]  # the label-studio-ml convention
+    assert services["ml-backend"]["ports"] == ["127.0.0.1:9090:9090"]  # the convention's port, this machine only
+    backend_env = services["ml-backend"]["environment"]
+    assert all(":?" in backend_env[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"))  # credentials required
     assert services["postgres"]["image"] == "postgres:16"
     assert services["ml-backend"]["build"]["dockerfile"] == "docker/backend.Dockerfile"
     assert services["trainer"]["build"]["dockerfile"] == "docker/trainer.Dockerfile"

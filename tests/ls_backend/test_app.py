@@ -505,3 +505,42 @@ def test_a_stray_file_in_checkpoints_does_not_break_versions(client, run):
     (run.checkpoint_dir / "round-final.pt").write_bytes(b"not a checkpoint")
     resp = client.get("/versions")
     assert resp.status_code == 200 and resp.json["versions"] == [run.model_version(0)]
+
+
+# ---------------------------------------------------------------- safe by default
+@pytest.mark.parametrize("remote, allow, status", [
+    ("127.0.0.1", False, 200), ("::1", False, 200), ("10.1.2.3", False, 403), ("192.168.0.7", False, 403),
+    ("10.1.2.3", True, 200),
+])  # fmt: skip
+def test_without_credentials_only_this_machine_is_answered(run, remote, allow, status):
+    _, client = make_client(run, allow_unauthenticated=allow)
+    resp = client.get("/health", environ_base={"REMOTE_ADDR": remote})
+    assert resp.status_code == status
+    if status == 403:
+        assert "BASIC_AUTH_USER" in resp.json["error"]
+        webhook = client.post("/webhook", json={"action": "START_TRAINING", "project": 1},
+                              environ_base={"REMOTE_ADDR": remote})  # fmt: skip
+        assert webhook.status_code == 403  # no anonymous training round from the network
+
+
+def test_credentials_open_the_backend_to_other_machines(run):
+    _, client = make_client(run, basic_auth_user="u", basic_auth_pass="p")
+    far = {"REMOTE_ADDR": "10.1.2.3"}
+    assert client.get("/health", environ_base=far).status_code == 401
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    assert client.get("/health", environ_base=far, headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize("value, allowed", [("true", True), ("1", True), ("", False), ("false", False)])
+def test_allow_unauthenticated_is_read_from_the_environment(tmp_path, value, allowed):
+    assert BackendConfig.from_env({"MODEL_DIR": str(tmp_path), "ALLOW_UNAUTHENTICATED": value}).allow_unauthenticated is allowed
+    with pytest.raises(ValueError, match="ALLOW_UNAUTHENTICATED"):
+        BackendConfig.from_env({"MODEL_DIR": str(tmp_path), "ALLOW_UNAUTHENTICATED": "maybe"})
+
+
+def test_serve_refuses_to_listen_beyond_this_machine_without_credentials(run, monkeypatch):
+    from trainer.app.cli import main
+
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    monkeypatch.delenv("ALLOW_UNAUTHENTICATED", raising=False)
+    assert main(["serve", "--model-dir", str(run.directory), "--host", "0.0.0.0", "--port", "1"]) == 2
