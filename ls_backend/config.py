@@ -21,7 +21,8 @@ class BackendConfig:
     basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them
     when the backend is connected with basic auth); without them the backend answers only requests from this
     machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round after this many
-    ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run.
+    ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run. image_hosts: hosts other than
+    Label Studio that task images may be fetched from (``IMAGE_HOSTS``, comma-separated; none by default).
     """
 
     model_dir: Path
@@ -34,6 +35,7 @@ class BackendConfig:
     image_timeout: float = 10.0
     max_image_bytes: int = 50 * 2**20
     max_request_bytes: int = 8 * 2**20  # a /predict of 100 tasks with URLs is a few kB; data URIs need more
+    image_hosts: tuple[str, ...] = ()  # hosts besides Label Studio that task images may come from
     allow_unauthenticated: bool = False  # without credentials, answer other machines too (say so explicitly)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class BackendConfig:
             auto_train_after=auto_train_after,
             device=env.get("DEVICE") or "cpu",
             allow_unauthenticated=_flag(env, "ALLOW_UNAUTHENTICATED"),
+            image_hosts=tuple(h.strip() for h in env.get("IMAGE_HOSTS", "").split(",") if h.strip()),
         )
 
     @property

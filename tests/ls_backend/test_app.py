@@ -76,6 +76,19 @@ class _Files(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
+        if self.path == "/drip":  # a slow server: one byte every 0.2 s, for ever
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(200):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
         body = self.files.get(self.path)
         self.send_response(200 if body is not None else 404)
         self.end_headers()
@@ -284,7 +297,7 @@ def test_label_studio_urls_get_the_token_other_hosts_do_not(run, file_server):
     files["/data/upload/1/a.png"] = png_bytes(0)
     files["/data/local-files/?d=imgs/b.png"] = png_bytes(1)
     files["/c.png"] = png_bytes(2)
-    _, client = make_client(run, label_studio_url=base, api_key="secret")
+    _, client = make_client(run, label_studio_url=base, api_key="secret", image_hosts=("localhost",))
     other = base.replace("127.0.0.1", "localhost")  # same server, another origin: must not see the key
     body = predict_body("/data/upload/1/a.png", "/data/local-files/?d=imgs/b.png", f"{other}/c.png")
     resp = client.post("/predict", json=body)
@@ -309,7 +322,7 @@ def test_bad_http_images_are_named(run, file_server, path, payload, status, mess
 
 def test_unreachable_host_is_502():
     with pytest.raises(ImageError, match="cannot fetch image") as info:
-        load_task_image("http://127.0.0.1:9/a.png", timeout=2)
+        load_task_image("http://127.0.0.1:9/a.png", timeout=2, image_hosts=("127.0.0.1",))
     assert info.value.status == 502
 
 
@@ -544,3 +557,54 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_credentials(run, mo
     monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
     monkeypatch.delenv("ALLOW_UNAUTHENTICATED", raising=False)
     assert main(["serve", "--model-dir", str(run.directory), "--host", "0.0.0.0", "--port", "1"]) == 2
+
+
+
+# ---------------------------------------------------------------- fetching: no server-side request forgery
+@pytest.mark.parametrize("url", [
+    "http://2130706433/a.png", "http://0x7f.1/a.png", "http://[::1]/a.png", "http://169.254.169.254/latest",
+    "http://evil.example/a.png",
+])  # fmt: skip
+def test_hosts_other_than_label_studio_are_refused_unless_named(url, file_server):
+    base, _, seen = file_server
+    with pytest.raises(ImageError, match="neither Label Studio's nor in IMAGE_HOSTS") as info:
+        load_task_image(url, label_studio_url=base, api_key="k", timeout=2)
+    assert info.value.status == 422 and not seen  # nothing was requested at all
+
+
+def test_every_redirect_hop_is_checked_and_never_carries_the_token(file_server):
+    base, files, seen = file_server
+    other = base.replace("127.0.0.1", "localhost")
+    with pytest.raises(ImageError, match="IMAGE_HOSTS"):  # Label Studio's origin redirecting elsewhere
+        load_task_image("/redirect?to=http://169.254.169.254/", label_studio_url=base, api_key="k", timeout=2)
+    files["/a.png"] = png_bytes(0)
+    image = load_task_image(f"/redirect?to={other}/a.png", label_studio_url=base, api_key="k", timeout=5,
+                            image_hosts=("localhost",))  # fmt: skip
+    assert image.size == (28, 28)
+    assert seen == [("/redirect?to=http://169.254.169.254/", "Token k"), ("/redirect?to=" + other + "/a.png", "Token k"),
+                    ("/a.png", None)]  # fmt: skip
+
+
+def test_a_dripping_server_is_cut_off_at_the_total_deadline(file_server):
+    base, _, _ = file_server
+    began = time.monotonic()
+    with pytest.raises(ImageError, match="cannot fetch image") as info:
+        load_task_image("/drip", label_studio_url=base, timeout=1.0)
+    assert info.value.status == 502 and time.monotonic() - began < 3.0
+
+
+def test_data_uris_have_the_byte_limit_too():
+    uri = "data:image/png;base64," + base64.b64encode(b"x" * 4000).decode()
+    with pytest.raises(ImageError, match="larger than 1000 bytes") as info:
+        load_task_image(uri, max_bytes=1000)
+    assert info.value.status == 413
+
+
+def test_connection_failures_read_alike(file_server):
+    """A closed port and a refused host give the same text: the backend is no port scanner."""
+    messages = set()
+    for url in ("http://127.0.0.1:9/a.png", "http://127.0.0.1:1/a.png"):
+        with pytest.raises(ImageError) as info:
+            load_task_image(url, timeout=1, image_hosts=("127.0.0.1",))
+        messages.add(str(info.value).replace(url, "URL"))
+    assert len(messages) == 1
