@@ -104,8 +104,7 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
             raise BackendError("webhook body has no 'action'", 400)
         project_id = _project_id(data.get("project"))
         if action == "START_TRAINING":
-            started = job.trigger(project_id)
-            return jsonify(status="started" if started else "already running", training=job.status()), 201
+            return jsonify(status=job.trigger(project_id), training=job.status()), 201
         if action in ANNOTATION_EVENTS:
             started = job.note_annotation(project_id)
             return jsonify(status="started" if started else "counted", training=job.status()), 201

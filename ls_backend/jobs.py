@@ -1,9 +1,10 @@
-"""The background training job: at most one round at a time, triggers during a round coalesced.
+"""The background training job: at most one round at a time; a trigger during a round queues one follow-up.
 
-Label Studio waits 1 s for a webhook, and a round takes minutes, so ``trigger`` only starts a thread.
-A trigger while a round runs joins that round (no second concurrent training); ANNOTATION_* events are
-counted, and with ``auto_train_after`` > 0 that many of them start a round. ``status()`` is what
-``/health`` and ``/metrics`` show.
+Label Studio waits 1 s for a webhook, and a round takes minutes, so ``trigger`` only starts a thread. A
+trigger while a round runs queues exactly one follow-up round for its project (the annotations it announces
+arrived after the running round pulled); more triggers for that project join the queued one. ANNOTATION_*
+events are counted, and with ``auto_train_after`` > 0 that many of them start a round. Whatever a round raises,
+SystemExit included, is reported, never lost. ``status()`` is what ``/health`` and ``/metrics`` show.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class TrainingJob:
         self.auto_train_after = auto_train_after
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._active = False  # a worker thread owns the queue (set and cleared under the lock)
+        self._pending: dict[int | None, None] = {}  # projects with a follow-up round queued, in order
         self.rounds = 0
         self.coalesced = 0
         self.annotation_events = 0
@@ -36,19 +39,23 @@ class TrainingJob:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._active
 
-    def trigger(self, project_id: int | None) -> bool:
-        """Start a round; False when one is already running (this trigger joins it)."""
+    def trigger(self, project_id: int | None) -> str:
+        """Start a round (``"started"``), queue one follow-up while a round runs (``"queued"``), or join the
+        follow-up already queued for this project (``"already queued"``)."""
         with self._lock:
-            if self.running:
-                self.coalesced += 1
-                return False
-            self.since_last_round = 0
-            self.started_at, self.finished_at = time.time(), None
-            self._thread = threading.Thread(target=self._round, args=(project_id,), name="hitl-training", daemon=True)
+            if self._active:
+                if project_id in self._pending:
+                    self.coalesced += 1
+                    return "already queued"
+                self._pending[project_id] = None
+                return "queued"
+            self._active = True
+            self._begin()
+            self._thread = threading.Thread(target=self._work, args=(project_id,), name="hitl-training", daemon=True)
             self._thread.start()
-            return True
+            return "started"
 
     def note_annotation(self, project_id: int | None) -> bool:
         """Count one ANNOTATION_* event; True when it started a round (auto-train threshold reached)."""
@@ -56,12 +63,29 @@ class TrainingJob:
             self.annotation_events += 1
             self.since_last_round += 1
             due = self.auto_train_after > 0 and self.since_last_round >= self.auto_train_after
-        return self.trigger(project_id) if due else False
+        return self.trigger(project_id) == "started" if due else False
+
+    def _begin(self) -> None:
+        self.since_last_round = 0
+        self.started_at, self.finished_at = time.time(), None
+
+    def _work(self, project_id: int | None) -> None:
+        """Rounds until the queue is empty; the thread gives up the queue under the lock, so a trigger either
+        lands in the queue this loop reads or starts a new thread."""
+        while True:
+            self._round(project_id)
+            with self._lock:
+                if not self._pending:
+                    self._active = False
+                    return
+                project_id = next(iter(self._pending))
+                del self._pending[project_id]
+                self._begin()
 
     def _round(self, project_id: int | None) -> None:
         try:
             version = self._train(project_id)
-        except Exception as exc:  # the error is state to show, not a crash of the server
+        except BaseException as exc:  # noqa: BLE001  the error is state to show, not a silent end of the thread
             with self._lock:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.last_traceback = traceback.format_exc()
@@ -73,7 +97,7 @@ class TrainingJob:
             self.finished_at = time.time()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the running round (if any) ends; False on timeout."""
+        """Block until the running round and its queued follow-ups end; False on timeout."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -88,6 +112,7 @@ class TrainingJob:
                 "last_error": self.last_error,
                 "started_at": self.started_at,
                 "finished_at": self.finished_at,
+                "queued_rounds": len(self._pending),
                 "coalesced_triggers": self.coalesced,
                 "annotation_events": self.annotation_events,
                 "annotations_since_last_round": self.since_last_round,

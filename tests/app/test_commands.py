@@ -51,3 +51,19 @@ def test_datasets_lists_the_family(capsys):
     assert {"corner", "frame", "texture", "watermark", "ruler"} <= kinds
     assert main(["datasets"]) == 0
     assert "watermark-mnist" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels, size, expect", [(1, 28, "small-cnn"), (3, 112, "resnet18"), (1, 64, "resnet18"),
+                                                    (3, 28, "resnet18")])  # fmt: skip
+def test_default_model_follows_the_images(channels, size, expect):
+    from trainer.app.commands import default_model
+
+    assert default_model(channels, size) == expect
+
+
+@pytest.mark.parametrize("dataset, expected", [("decoy-mnist", ("small-cnn", 28, 1)),
+                                               ("decoy-mnist-rgb", ("resnet18", 112, 3))])  # fmt: skip
+def test_init_on_a_built_in_dataset_takes_its_shape(tmp_path, dataset, expected):
+    assert main(["init", str(tmp_path / "run"), "--dataset", dataset]) == 0
+    c = Run.open(tmp_path / "run").config
+    assert (c.model, c.image_size, c.channels) == expected

@@ -350,16 +350,18 @@ def test_start_training_runs_one_round_in_the_background(run):
     second = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
     assert time.monotonic() - began < 1.0  # Label Studio's webhook timeout
     assert (first.status_code, first.json["status"]) == (201, "started")
-    assert (second.status_code, second.json["status"]) == (201, "already running")
+    assert (second.status_code, second.json["status"]) == (201, "queued")  # one follow-up round
+    third = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert third.json["status"] == "already queued"
     assert client.get("/health").json["training"]["state"] == "running"
     assert app.extensions["hitl"]["job"].wait(timeout=300)
     health = client.get("/health").json
-    assert health["model_version"] == run.model_version(1)
-    assert health["training"]["state"] == "idle"
-    assert health["training"]["rounds"] == 1 and health["training"]["coalesced_triggers"] == 1
-    assert health["training"]["last_model_version"] == run.model_version(1)
+    assert health["model_version"] == run.model_version(2)  # the round and its one follow-up
+    assert health["training"]["state"] == "idle" and health["training"]["queued_rounds"] == 0
+    assert health["training"]["rounds"] == 2 and health["training"]["coalesced_triggers"] == 1
+    assert health["training"]["last_model_version"] == run.model_version(2)
     pred = client.post("/predict", json=predict_body(digit_uri(0))).json["results"][0]
-    assert pred["model_version"] == run.model_version(1)
+    assert pred["model_version"] == run.model_version(2)
 
 
 def test_annotation_events_count_toward_auto_training():
@@ -402,7 +404,7 @@ def test_concurrent_triggers_never_train_twice_at_once():
     for t in threads:
         t.join()
     assert job.wait(10)
-    assert peak[0] == 1 and job.rounds == 1 and job.coalesced == 7
+    assert peak[0] == 1 and job.rounds == 2 and job.coalesced == 6  # one round, one follow-up, 6 joined it
 
 
 def test_failed_round_is_reported_and_the_next_one_runs():
@@ -608,3 +610,28 @@ def test_connection_failures_read_alike(file_server):
             load_task_image(url, timeout=1, image_hosts=("127.0.0.1",))
         messages.add(str(info.value).replace(url, "URL"))
     assert len(messages) == 1
+
+
+def test_a_trigger_for_another_project_during_a_round_is_queued_not_dropped():
+    gate, trained = threading.Event(), []
+
+    def train(project):
+        gate.wait(10)
+        trained.append(project)
+        return f"v{len(trained)}"
+
+    job = TrainingJob(train)
+    assert [job.trigger(1), job.trigger(2), job.trigger(2), job.trigger(1)] == [
+        "started", "queued", "already queued", "queued"]
+    gate.set()
+    assert job.wait(10) and trained == [1, 2, 1] and job.rounds == 3
+
+
+def test_system_exit_in_a_round_is_reported_not_lost():
+    def train(project):
+        raise SystemExit(3)
+
+    job = TrainingJob(train)
+    job.trigger(1)
+    assert job.wait(10)
+    assert job.status()["state"] == "idle" and job.status()["last_error"] == "SystemExit: 3"

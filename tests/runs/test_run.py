@@ -1,6 +1,10 @@
 """Run directories: rounds continue from checkpoints with the ledger's feedback; configs are checked."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ import torch
 
 from trainer.runs.checkpoint import load_checkpoint, read_checkpoint
 from trainer.core.feedback import Feedback
-from trainer.runs.run import Run, RunConfig, with_overrides
+from trainer.runs.run import Run, RunBusy, RunConfig, with_overrides
 
 TINY = {"train.epochs": 1, "train.batch_size": 256, "train.replay": 4}
 
@@ -65,11 +69,29 @@ def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_
     assert 0 <= record["irrelevant_share"] <= 1
 
 
-@pytest.mark.parametrize("dataset, image_size, channels, expect", [
-    ("decoy-mnist", None, None, "small-cnn"), ("decoy-mnist-rgb", None, None, "resnet18"),
-    ("decoy-mnist", 112, 3, "resnet18"),
-])
-def test_default_model_follows_the_images(dataset, image_size, channels, expect):
-    from trainer.app.commands import default_model
+def test_one_trainer_at_a_time_per_run(tmp_path):
+    """The backend's Start Training and `hitl train` both took round N + 1 and overwrote each other."""
+    run = Run.create(tmp_path / "run", RunConfig())
+    with run.exclusive():
+        with pytest.raises(RunBusy, match=rf"training a round in another process or thread \(pid {os.getpid()}\)"):
+            Run.open(run.directory).train_next_round()
+    with run.exclusive():  # released: the next holder gets it
+        pass
 
-    assert default_model(dataset, image_size, channels) == expect
+
+def test_a_second_process_is_refused_while_a_round_trains(tmp_path):
+    run = Run.create(tmp_path / "run", RunConfig())
+    code = ("import sys; from trainer.runs.run import Run, RunBusy\n"
+            "try:\n    Run.open(sys.argv[1]).train_next_round()\nexcept RunBusy as e:\n    print(e); sys.exit(3)")
+    with run.exclusive():
+        done = subprocess.run([sys.executable, "-c", code, str(run.directory)], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 3 and "training a round in another process" in done.stdout
+
+
+def test_the_ledger_waits_for_another_writer_instead_of_failing(tmp_path):
+    from trainer.runs.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    (busy_ms,) = ledger._conn.execute("PRAGMA busy_timeout").fetchone()
+    assert busy_ms >= 60_000  # SQLite's default of 5 s failed a second `hitl pull` during a large one

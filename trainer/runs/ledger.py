@@ -28,6 +28,7 @@ from trainer.core.feedback import Feedback
 from label_config.rasterise import combine_cells
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 300.0  # a pull of 10,000 annotations holds the write lock for seconds; SQLite's default is 5
 FEEDBACK_MODES = ("union", "majority")
 
 _SCHEMA = """
@@ -96,7 +97,8 @@ class Ledger:
         self.path = path / "ledger.sqlite" if path.is_dir() or not path.suffix else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: we issue BEGIN/COMMIT ourselves so a transaction spans exactly what we say.
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=BUSY_TIMEOUT_S)  # another process's large pull: wait, do not fail
         self._lock = threading.RLock()
         self._depth = 0
         self._conn.execute("PRAGMA journal_mode=WAL")

@@ -4,6 +4,7 @@
     RUN/checkpoints/round-NNN.pt
     RUN/ledger.sqlite       what was pushed, pulled and used (trainer.runs.ledger)
     RUN/history.json        per-round metrics
+    RUN/train.lock          held while a round trains (one trainer at a time)
 
 Round 0 trains without feedback; round r > 0 continues from round r-1's checkpoint with the feedback the
 ledger holds. A crash inside a round loses only that round: the next call starts it again from the last
@@ -12,7 +13,11 @@ checkpoint, with the same feedback.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -31,6 +36,13 @@ from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
 from trainer.runs.checkpoint import checkpoint_path, checkpoint_round, latest_checkpoint, read_checkpoint, save_checkpoint
 from trainer.runs.ledger import Ledger
+
+
+LOCK_FILE = "train.lock"
+
+
+class RunBusy(RuntimeError):
+    """Another process or thread is training this run's next round."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +166,35 @@ class Run:
             return Feedback()
         return self.ledger.feedback(self.grid)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run's training lock (``RUN/train.lock``) for a whole round: one trainer at a time, so the
+        backend's "Start Training" and ``hitl train``/``hitl run`` never both take round N + 1. A second
+        trainer gets RunBusy at once, naming the process that holds it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise RunBusy(f"run {self.directory} is training a round in another process or thread (pid "
+                              f"{holder}): wait for it to finish, or stop it") from None  # fmt: skip
+            try:
+                handle.truncate(0)
+                handle.write(str(os.getpid()))
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def train_next_round(self, feedback: Feedback | None = None, *, progress: bool = False) -> dict:
-        """Train the next round from the newest checkpoint; save its checkpoint and history entry."""
+        """Train the next round from the newest checkpoint, holding the run's lock; save its checkpoint and
+        history entry."""
+        with self.exclusive():
+            return self._train_next_round(feedback, progress=progress)
+
+    def _train_next_round(self, feedback: Feedback | None, *, progress: bool) -> dict:
         started_at = datetime.now(timezone.utc)
         model, optimizer, _ = self.load_model()
         round_ = self.current_round() + 1
