@@ -193,6 +193,20 @@ def regions_to_cells(
     return cells
 
 
+NON_REGION_TYPES = ("choices", "textarea", "rating", "number", "datetime", "taxonomy", "labels", "relation")
+
+
+def regions_without_cells(result: list[dict]) -> list[str]:
+    """The types of regions in ``result`` that mark no cells (a polygon, a brush stroke, an ellipse): an
+    annotator's marks the rasteriser cannot read, to report rather than count as "nothing marked"."""
+    found = []
+    for item in _items(result, "result"):
+        kind = str(item.get("type", "")).lower()
+        if kind and kind not in RECT_TAGS + POINT_TAGS + NON_REGION_TYPES:
+            found.append(kind)
+    return found
+
+
 @dataclass(frozen=True, eq=False)
 class AnnotationFeedback:
     """What one annotation says about its image. cells: (G_h, G_w) bool, read-only."""

@@ -122,6 +122,20 @@ def test_push_pull_train_end_to_end(linked, label_studio):
     assert (report.new, report.updated, report.unchanged) == (0, 1, 3)
     np.testing.assert_array_equal(run.feedback().cells[sample[3]], cells(g, (4, 5)))
 
+    broken = point(g, 4, 5)
+    broken["value"]["x"] = 150.0  # edited into something the rasteriser cannot read (off the image)
+    client.annotations.update(id=ann[3], result=[broken])
+    report = pull(run, client, project)
+    assert report.invalidated == 1 and any(f"annotation {ann[3]}" in e for e in report.errors)
+    assert sample[3] not in run.feedback().cells  # its old cells stop counting
+    polygon = {"id": "poly1", "from_name": "irrelevant_area", "to_name": "image", "type": "polygonlabels",
+               "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]}}
+    client.annotations.update(id=ann[3], result=[point(g, 4, 5), polygon])  # fixed again, plus a polygon
+    report = pull(run, client, project)
+    assert report.new + report.updated == 1 and not any(f"annotation {ann[3]}" in e for e in report.errors)
+    assert any(f"annotation {ann[3]}: polygonlabels regions mark no cells" in w for w in report.warnings)
+    np.testing.assert_array_equal(run.feedback().cells[sample[3]], cells(g, (4, 5)))
+
     client.annotations.delete(id=ann[0])  # a deletion stops counting
     assert pull(run, client, project).deleted == 1
     assert sample[0] not in run.feedback().cells

@@ -180,6 +180,8 @@ def _pull(args) -> int:
     print(f"pulled {report.summary()}; {len(report.feedback.annotated_ids())} images with a mask W")
     for error in report.errors:
         print(f"  skipped a bad annotation: {error}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 

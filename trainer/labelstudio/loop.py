@@ -74,6 +74,8 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
         log(f"round {r}: pulled {report.summary()}")
         for error in report.errors:
             log(f"  skipped a bad annotation: {error}")
+        for warning in report.warnings:
+            log(f"  warning: {warning}")
         trained.append(_train(run, report.feedback, progress, log))
     return trained
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from label_config.rasterise import parse_annotation
+from label_config.rasterise import parse_annotation, regions_without_cells
 from trainer.core.checks import check_choice
 from trainer.core.feedback import Feedback
 from trainer.labelstudio.client import AnnotationRecord, fetch_annotations
@@ -24,7 +24,9 @@ from trainer.runs.run import Run
 class PullReport:
     """What one pull did. new / updated / unchanged partition the annotations that could be read;
     ``skipped`` counts the new or updated ones that give no feedback (cancelled, or the skip choice);
-    ``ignored`` tasks without a sample id (imported by someone else); ``errors`` names each bad one."""
+    ``ignored`` tasks without a sample id (imported by someone else); ``errors`` names each bad one, and
+    ``invalidated`` counts those that were valid before (their old cells stop counting); ``warnings`` names
+    regions that mark no cells (a polygon or a brush stroke)."""
 
     new: int = 0
     updated: int = 0
@@ -33,11 +35,14 @@ class PullReport:
     deleted: int = 0
     ignored: int = 0
     errors: tuple[str, ...] = ()
+    invalidated: int = 0
+    warnings: tuple[str, ...] = ()
     feedback: Feedback = field(default_factory=Feedback, repr=False, compare=False)
 
     def summary(self) -> str:
         return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped, "
-                f"{self.deleted} deleted, {self.ignored} ignored, {len(self.errors)} errors")
+                f"{self.deleted} deleted, {self.ignored} ignored, {len(self.errors)} errors "
+                f"({self.invalidated} of them valid before), {len(self.warnings)} warnings")
 
 
 def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullReport:
@@ -48,14 +53,18 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullRepor
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
     records = fetch_annotations(client, project_id)  # network first: the ledger lock is held briefly
     ledger = run.ledger
-    counts = dict(new=0, updated=0, unchanged=0, skipped=0, ignored=0)
+    counts = dict(new=0, updated=0, unchanged=0, skipped=0, ignored=0, invalidated=0)
     errors: list[str] = []
+    warnings = [f"task {r.task_id}, annotation {r.annotation_id}: {kind} regions mark no cells (use a "
+                f"rectangle or a click)" for r in records for kind in sorted(set(_region_kinds(r)))]  # fmt: skip
     with ledger.transaction():
         versions = ledger.annotation_versions()
         for record in records:
             outcome = _consume(run, record, versions, project_id)
             if isinstance(outcome, str):
                 errors.append(outcome)
+                if record.annotation_id in versions:  # edited into something unreadable: its old cells go
+                    counts["invalidated"] += ledger.mark_deleted([record.annotation_id])
                 continue
             kind, skipped = outcome
             counts[kind] += 1
@@ -64,7 +73,14 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullRepor
         # Scoped to this project: another project of the same run is left alone.
         deleted = ledger.mark_deleted(sorted(ledger.live_annotation_ids(project_id) - seen))
     feedback = ledger.feedback(run.grid, mode)
-    return PullReport(**counts, deleted=deleted, errors=tuple(errors), feedback=feedback)
+    return PullReport(**counts, deleted=deleted, errors=tuple(errors), warnings=tuple(warnings), feedback=feedback)
+
+
+def _region_kinds(record: AnnotationRecord) -> list[str]:
+    try:
+        return regions_without_cells(record.result)
+    except ValueError:  # a malformed result is reported as an error by _consume
+        return []
 
 
 def _consume(run: Run, record: AnnotationRecord, versions: dict[int, str], project_id: int):
