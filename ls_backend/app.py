@@ -29,7 +29,8 @@ def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
     """The backend for one run directory. ``preload`` loads the newest checkpoint now (servers do;
     tests leave it to the first /predict)."""
     model = SaliencyModel(config)
-    job = TrainingJob(model.fit, auto_train_after=config.auto_train_after)
+    job = TrainingJob(model.fit, auto_train_after=config.auto_train_after,
+                      state_path=model.run.directory / JOB_STATE_FILE)
     if preload and model.latest_version() is not None:
         model.snapshot()
     app = Flask("ls_backend")
@@ -136,6 +137,7 @@ def _install_errors(app: Flask) -> None:
 
 
 LOOPBACK = ("127.", "::1", "::ffff:127.")
+JOB_STATE_FILE = "backend-job.json"  # the backend's training job, so a restart reports a round it cut off
 
 
 def _install_auth(app: Flask, config: BackendConfig) -> None:

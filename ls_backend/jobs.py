@@ -9,10 +9,15 @@ SystemExit included, is reported, never lost. ``status()`` is what ``/health`` a
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+
+from trainer.runs.atomic import write_json
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED")
 
@@ -20,8 +25,10 @@ ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DEL
 class TrainingJob:
     """Runs ``train(project_id) -> model_version`` in a daemon thread, one round at a time."""
 
-    def __init__(self, train: Callable[[int | None], str], *, auto_train_after: int = 0) -> None:
+    def __init__(self, train: Callable[[int | None], str], *, auto_train_after: int = 0,
+                 state_path: Path | None = None) -> None:
         self._train = train
+        self._state_path = state_path  # where a running round is noted, so a restart can tell it was cut off
         self.auto_train_after = auto_train_after
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -36,6 +43,26 @@ class TrainingJob:
         self.last_traceback: str | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self._report_interrupted()
+
+    def _report_interrupted(self) -> None:
+        """A round the previous backend process was training when it stopped is reported as failed."""
+        if self._state_path is None or not self._state_path.is_file():
+            return
+        try:
+            state = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return
+        if state.get("state") == "running":
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(state.get("started_at") or 0))
+            self.last_error = (f"Interrupted: the round for project {state.get('project')} started at {when} UTC "
+                               "stopped with the backend; press Start Training to train it again")
+            self._note("interrupted", state.get("project"))
+
+    def _note(self, state: str, project_id: int | None) -> None:
+        if self._state_path is not None:
+            write_json(self._state_path, {"state": state, "project": project_id, "started_at": self.started_at,
+                                          "pid": os.getpid()})  # fmt: skip
 
     @property
     def running(self) -> bool:
@@ -83,6 +110,7 @@ class TrainingJob:
                 self._begin()
 
     def _round(self, project_id: int | None) -> None:
+        self._note("running", project_id)
         try:
             version = self._train(project_id)
         except BaseException as exc:  # noqa: BLE001  the error is state to show, not a silent end of the thread
@@ -90,11 +118,13 @@ class TrainingJob:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.last_traceback = traceback.format_exc()
                 self.finished_at = time.time()
+            self._note("failed", project_id)
             return
         with self._lock:
             self.rounds += 1
             self.last_model_version, self.last_error = version, None
             self.finished_at = time.time()
+        self._note("idle", project_id)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the running round and its queued follow-ups end; False on timeout."""

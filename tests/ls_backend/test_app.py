@@ -635,3 +635,22 @@ def test_system_exit_in_a_round_is_reported_not_lost():
     job.trigger(1)
     assert job.wait(10)
     assert job.status()["state"] == "idle" and job.status()["last_error"] == "SystemExit: 3"
+
+
+
+def test_a_round_cut_off_by_a_restart_is_reported_not_lost(run):
+    """The backend process died while a round trained: the next backend says so in /health."""
+    state = {"state": "running", "project": 7, "started_at": time.time(), "pid": 1}  # as a round's start writes it
+    (run.directory / "backend-job.json").write_text(json.dumps(state))
+    _, client = make_client(run)  # a new backend process on the same run directory
+    training = client.get("/health").json["training"]
+    assert training["state"] == "idle" and training["last_error"].startswith("Interrupted: the round for project 7")
+    _, client = make_client(run)  # reported once: the note now says interrupted, not running
+    assert client.get("/health").json["training"]["last_error"] is None
+
+
+def test_finished_rounds_leave_nothing_to_report(run):
+    job = TrainingJob(lambda project: "v1", state_path=run.directory / "job.json")
+    job.trigger(1)
+    assert job.wait(10)
+    assert TrainingJob(lambda project: "v", state_path=run.directory / "job.json").last_error is None

@@ -16,6 +16,7 @@ from torch import nn
 from trainer.core.checks import check_choice
 
 MODELS = ("small-cnn", "resnet18", "resnet50")
+SMALL_STEM_MAX = 32  # ResNets on images up to this side get a 3 x 3 stride-1 stem and no max-pool
 
 
 @contextlib.contextmanager
@@ -78,8 +79,9 @@ def build_model(
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if image_size < 64:
-            # At MNIST sizes the stem's stride-2 conv and max-pool leave almost no spatial resolution.
+        if image_size <= SMALL_STEM_MAX:
+            # At MNIST sizes the stem's stride-2 conv and max-pool leave almost no spatial resolution. Above
+            # 32 px the standard stem stays: without its 4x downsampling a 56 px image costs what 224 px does.
             model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
     if weights_path is not None:
