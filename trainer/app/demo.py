@@ -32,6 +32,7 @@ import torch
 from trainer.app import plots
 from trainer.app.lsserver import LabelStudioServer, free_port, port_free
 from trainer.app.services import BackendProcess, connect_backend, link_project
+from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
 from trainer.core.loop import evaluate
 from trainer.explain.attribute import attribute
@@ -68,9 +69,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         for name in ("rounds", "per_round", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name, minimum=1)
         if self.port is not None and not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port!r}")
         external = (self.label_studio_url, self.api_key, self.document_root)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trainer.core.checks import check_int
+
 CMAPS = ("inferno", "jet")
 
 
@@ -75,8 +77,7 @@ def _rgb(image) -> np.ndarray:
 def _resize(picture: Image.Image, display_px: int) -> Image.Image:
     """Scale so the longer side is ``display_px``: nearest neighbour when enlarging (cells stay crisp),
     antialiased when shrinking."""
-    if isinstance(display_px, bool) or not isinstance(display_px, (int, np.integer)) or display_px < 1:
-        raise ValueError(f"display_px must be a positive integer, got {display_px!r}")
+    check_int(display_px, "display_px", minimum=1)
     w, h = picture.size
     scale = display_px / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
