@@ -8,8 +8,9 @@ epoch and its penalty is drowned by the other 99% of the steps.
 
 The input-gradient penalty only flattens the model *at* the annotated image: a decoy whose value differs
 elsewhere (another grey level, another ruler) is not covered. So a share ``counterexamples`` of the drawn
-rows have their masked region refilled with a random level (CAIPI's counterexamples, Teso & Kersting 2019):
-the annotation says the prediction must not depend on what is there, so any content there keeps the label.
+rows have their masked region refilled (CAIPI's counterexamples, Teso & Kersting 2019) with the same region of
+another image of the batch (``donors``) or a random level: the annotation says the prediction must not depend
+on what is there, so any content there keeps the label.
 """
 
 from __future__ import annotations
@@ -191,8 +192,6 @@ def train_round(
         result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
         if val_set is not None:
             result.epochs[-1].val_acc, result.epochs[-1].val_loss = parallel.evaluate(model, val_set, device)
-    if cfg.lam >= 0:
-        result.lam = cfg.lam
     return result
 
 

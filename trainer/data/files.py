@@ -80,13 +80,15 @@ class FileDataset(Dataset):
         self.image_shape = (channels, size, size)
         self.decoy_masks: torch.Tensor | None = None  # from mask files, once the usable files are known
         self.skipped: list[tuple[Path, str]] = []
-        problems = [(p, why) for p in paths if (why := check_image(p)) is not None]
-        self._keep(paths, labels, problems, on_error)
         self._cache: list[np.ndarray] | None = None
-        if cache:
+        if cache:  # decoding every view is the check: each file is decoded once
+            self.paths, self.labels = list(paths), torch.tensor(labels, dtype=torch.long)
             views, problems = self._decode_all()
-            self._keep(self.paths, self.labels.tolist(), problems, on_error)
+            self._keep(paths, labels, problems, on_error)
             self._cache = [v for v in views if v is not None]
+        else:
+            problems = [(p, why) for p in paths if (why := check_image(p)) is not None]
+            self._keep(paths, labels, problems, on_error)
         if not self.paths:
             first = f" (first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
             raise ValueError(f"no usable images: all {len(self.skipped)} files were skipped as bad{first}")
@@ -110,6 +112,9 @@ class FileDataset(Dataset):
             except BadImageError as exc:
                 views.append(None)
                 problems += exc.problems
+            except ValueError as exc:  # a mode that cannot be shown to the model, as check_image reports it
+                views.append(None)
+                problems.append((path, str(exc)))
         return views, problems
 
     def __len__(self) -> int:
