@@ -22,6 +22,7 @@ from label_config.grid import Grid
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
 from ls_backend.config import BackendConfig
 from ls_backend.images import ImageError, load_task_image
+from trainer.core.models import autocast
 from trainer.data.view import model_view
 from trainer.explain.batch import explain_batch
 from trainer.explain.deeplift import DeepLiftTwin
@@ -119,7 +120,7 @@ class SaliencyModel:
             raise BackendError(f"label config unusable: {exc}", 422) from exc
         snap = self.snapshot()
         images = torch.stack([self._view(task, key, snap.meta) for task in tasks])
-        with self._predict_lock:
+        with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
             found = explain_batch(
                 snap.model, images, snap.grid, method=self.run.config.saliency, top_k=self.run.config.top_k,
                 twin=snap.twin,

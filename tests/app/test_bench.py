@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from trainer.app.cli import main
+from trainer.core.loop import TrainConfig
 
 
 def test_bench_step_json(capsys):
@@ -13,3 +16,32 @@ def test_bench_step_json(capsys):
     assert out["annotated_rows"] == 4 and out["model"] == "small-cnn" and out["batch"] == 16  # 25% of 16 rows
     # The penalised step runs a second forward and a double backward on top of the CE step: it costs more.
     assert out["reg_ms"] > out["ce_ms"] > 0 and out["ratio"] > 1
+
+
+def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(capsys, one_torch_thread):
+    args = ["bench", "round", "--model", "small-cnn", "--train-fraction", "0.05", "--budget", "0.05", "--epochs", "1",
+            "--compare", "replay=0", "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"plain_s", "feedback_s", "ratio", "model", "size", "device", "precision", "penalised_rows_per_step",
+            "plain_acc", "feedback_acc"} <= set(out)  # fmt: skip
+    assert out["model"] == "small-cnn" and out["size"] == 28 and out["precision"] == "fp32"
+    assert out["train_images"] == 201 and out["annotated"] == 10  # 5% of each class, rounded
+    seed = out["per_seed"][0]
+    assert seed["plain"]["penalised_rows_per_step"] == 0 and out["penalised_rows_per_step"] > 0
+    assert out["ratio"] == pytest.approx(seed["feedback"]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
+    # The compared arm draws no replay rows: it penalises only annotated rows that fall in a batch.
+    assert seed["compare"]["penalised_rows_per_step"] < out["penalised_rows_per_step"]
+    assert out["compare"]["overrides"] == {"replay": 0}
+
+
+def test_bench_round_refuses_an_unknown_override(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "round", "--compare", "colour=red"])
+    assert "--compare takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_bench_step_defaults_to_the_training_step_replay_rows_joining_the_batch(capsys):
+    assert main(["bench", "step", "--model", "small-cnn", "--size", "28", "--batch", "8", "--steps", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["annotated_rows"] == TrainConfig().replay and out["joined"] is True and out["precision"] == "fp32"

@@ -149,3 +149,51 @@ def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread):
         accs.append(result.epochs[-1].val_acc)
     assert all(b >= a - 0.05 for a, b in zip(accs, accs[1:])), f"a feedback round collapsed: {accs}"
     assert accs[-1] > accs[0] + 0.1, f"feedback did not help: {accs}"
+
+
+def test_penalty_every_k_steps_penalises_a_kth_of_the_steps_at_k_times_the_weight():
+    """8 steps of 4 rows, one annotated image: every penalised step penalises it exactly once (drawn, or its
+    own batch row). k = 2 penalises steps 0, 2, 4, 6 only at twice the weight: the penalty's share of the
+    epoch's loss stays about the same (learning rate 0: the model does not move between steps)."""
+    data, fb = _data(32), _feedback([3])
+    runs = {}
+    for k in (1, 2):
+        torch.manual_seed(0)
+        model = build_model("small-cnn", 3, 1, 8)
+        cfg = TrainConfig(epochs=1, batch_size=4, lr=0.0, lam=10.0, warmup_steps=0, replay=1, penalty_every=k,
+                          counterexamples=0.0)  # fmt: skip
+        runs[k] = train_round(model, data, fb, GRID, cfg, seed=0).epochs[0]
+    assert runs[1].penalised_rows == 8 and runs[2].penalised_rows == 4
+    assert runs[1].penalty == pytest.approx(runs[2].penalty, rel=1e-5)  # the same image, the same weights
+    share = {k: e.train_loss - e.train_ce for k, e in runs.items()}
+    assert share[1] == pytest.approx(10.0 * runs[1].penalty, rel=1e-4)
+    assert share[2] == pytest.approx(share[1], rel=0.15)
+    with pytest.raises(ValueError, match="penalty_every"):
+        TrainConfig(penalty_every=0)
+
+
+def test_scores_are_the_last_epochs_softmax_of_every_training_image():
+    torch.manual_seed(0)
+    data = _data(40)
+    model = build_model("small-cnn", 3, 1, 8)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.0)  # lr 0: the last epoch's model is the final model
+    probs = train_round(model, data, Feedback(), GRID, cfg, score=True).train_probs
+    assert probs.shape == (40, 3) and not torch.isnan(probs).any()
+    with torch.no_grad():
+        expected = torch.softmax(model(data.images), 1)  # small-cnn has no batch norm: train mode = eval mode
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert train_round(model, data, Feedback(), GRID, cfg).train_probs is None
+
+
+def test_bf16_precision_trains_the_penalty_and_rejects_unknown_precisions():
+    torch.manual_seed(0)
+    data = _data(16)
+    model = build_model("small-cnn", 3, 1, 8)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, replay=1, warmup_steps=0, precision="bf16")
+    epoch = train_round(model, data, _feedback([0, 5]), GRID, cfg).epochs[0]
+    assert epoch.penalised_rows > 0 and epoch.penalty > 0 and np.isfinite(epoch.train_loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32 under autocast
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")

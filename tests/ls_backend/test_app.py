@@ -224,6 +224,19 @@ def test_predict_matches_the_model(client, run):
     assert pred["score"] == pytest.approx(float(probs.max()), rel=1e-5)
 
 
+def test_predict_runs_in_the_runs_precision(tmp_path):
+    """train.precision reaches the backend: a bf16 run predicts under bf16 autocast (scores close to fp32's, not
+    equal), with regions on the same grid."""
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        run = Run.create(tmp_path / precision, RunConfig(top_k=TOP_K, train=TrainConfig(precision=precision)))
+        save_round(run, 0)
+        body = make_client(run)[1].post("/predict", json=predict_body(digit_uri(5))).json
+        scores[precision] = body["results"][0]["score"]
+        assert len(body["results"][0]["result"]) == TOP_K
+    assert scores["bf16"] == pytest.approx(scores["fp32"], abs=0.05) and scores["bf16"] != scores["fp32"]
+
+
 USER_RECT = """<View><Image name="photo" value="$picture"/>
 <RectangleLabels name="bad_area" toName="photo"><Label value="Spurious"/></RectangleLabels></View>"""
 USER_POINT = """<View><Image name="photo" value="$picture"/>

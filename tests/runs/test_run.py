@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from trainer.runs.checkpoint import load_checkpoint, read_checkpoint
 from trainer.core.feedback import Feedback
+from trainer.core.sampling import predict_probs, select
+from trainer.runs.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    read_checkpoint,
+    read_train_probs,
+    save_checkpoint,
+)
 from trainer.runs.run import Run, RunBusy, RunConfig, with_overrides
 
 TINY = {"train.epochs": 1, "train.batch_size": 256, "train.replay": 4}
@@ -61,6 +67,26 @@ def test_choose_samples_excludes_given_ids(tmp_path, one_torch_thread):
     first = run.choose_samples(model, 0, 5, exclude=set())
     second = run.choose_samples(model, 0, 5, exclude=set(first))
     assert len(set(first) | set(second)) == 10
+
+
+def test_the_sampler_ranks_the_scores_the_rounds_last_epoch_saved(round0_run, tmp_path, one_torch_thread):
+    """A round's checkpoint keeps its last epoch's softmax of every training image; choosing the next images
+    ranks those (no second pass), and a checkpoint without them is scored by the model instead."""
+    run = round0_run
+    train, _ = run.datasets
+    probs = read_train_probs(checkpoint_path(run.checkpoint_dir, 0))
+    assert probs.shape == (len(train), len(run.classes)) and not torch.isnan(probs).any()
+    assert torch.allclose(probs.sum(1), torch.ones(len(train)), atol=1e-4)
+    model, _ = load_checkpoint(checkpoint_path(run.checkpoint_dir, 0))
+    chosen = run.choose_samples(model, 0, 5, exclude={1, 2})
+    assert chosen == [int(i) for i in select(probs, train.labels, 5, strategy="entropy", exclude={1, 2}, seed=run.config.seed * 1000)]
+    # An older checkpoint (no scores): the model scores the training set in eval mode.
+    old = Run.create(tmp_path / "old", run.config)
+    old.__dict__["datasets"] = run.datasets
+    save_checkpoint(checkpoint_path(old.checkpoint_dir, 0), model, old.meta(0))
+    eval_probs = predict_probs(model, train)
+    assert old.choose_samples(model, 0, 5, exclude=set()) == [
+        int(i) for i in select(eval_probs, train.labels, 5, strategy="entropy", seed=run.config.seed * 1000)]
 
 
 def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_thread):

@@ -1,7 +1,8 @@
 """``hitl bench step``: the cost of a training step with the feedback penalty, as a ratio to a plain CE step.
 
-Both are timed in one process on the same model and batch; ``annotated`` of the batch rows carry a mask
-(5% by default), and the penalty runs on those rows only, as in training.
+Both are timed in one process on the same model and batch. By default the step is the training default's:
+``TrainConfig.replay`` annotated rows join the batch (CE over batch + rows) and each is penalised. With
+``annotated`` a share of the batch's own rows carries a mask instead (nothing joins the batch).
 """
 
 from __future__ import annotations
@@ -13,31 +14,37 @@ import time
 import torch
 import torch.nn.functional as F
 
+from trainer.core.loop import TrainConfig
 from trainer.core.loss import rrr_penalty
-from trainer.core.models import build_model
+from trainer.core.models import autocast, build_model
 
 
-def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, annotated: float = 0.05,
-               steps: int = 10, warmup: int = 2, device: str = "cpu", classes: int = 10, lam: float = 1.0) -> dict:  # fmt: skip
+def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, annotated: float | None = None,
+               rows: int | None = None, steps: int = 10, warmup: int = 2, device: str = "cpu", classes: int = 10,
+               lam: float = 1.0, precision: str = "fp32") -> dict:  # fmt: skip
     """Median step times (ms) of CE alone and CE + penalty; ratio = reg_ms / ce_ms."""
     torch.manual_seed(0)
     dev = torch.device(device)
     channels = 1 if model == "small-cnn" else 3
     net = build_model(model, classes, channels, size).to(dev).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-    x = torch.rand(batch, channels, size, size, device=dev)
-    y = torch.randint(0, classes, (batch,), device=dev)
-    m = max(1, round(annotated * batch))
+    joined = annotated is None
+    m = (TrainConfig().replay if rows is None else rows) if joined else max(1, round(annotated * batch))
+    x = torch.rand(batch + (m if joined else 0), channels, size, size, device=dev)
+    y = torch.randint(0, classes, (len(x),), device=dev)
+    xa = x[batch:] if joined else x[:m]
     masks = (torch.rand(m, size, size, device=dev) < 0.1).float()
 
     def ce_step() -> None:
-        loss = F.cross_entropy(net(x), y)
+        with autocast(precision, dev):
+            loss = F.cross_entropy(net(x[:batch]).float(), y[:batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def reg_step() -> None:
-        loss = F.cross_entropy(net(x), y) + lam * rrr_penalty(net, x[:m], masks).mean()
+        with autocast(precision, dev):
+            loss = F.cross_entropy(net(x).float(), y) + lam * rrr_penalty(net, xa, masks).float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -54,7 +61,8 @@ def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, ann
     ce_ms, reg_ms = statistics.median(times["ce"]), statistics.median(times["reg"])
     return {
         "ce_ms": round(ce_ms, 2), "reg_ms": round(reg_ms, 2), "ratio": round(reg_ms / ce_ms, 3),
-        "model": model, "batch": batch, "size": size, "annotated_rows": m, "steps": steps,
+        "model": model, "batch": batch, "size": size, "annotated_rows": m, "joined": joined, "steps": steps,
+        "precision": precision,
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
     }  # fmt: skip
 
@@ -69,7 +77,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--annotated", type=float, default=0.05, help="share of batch rows with a mask")
+    p.add_argument("--rows", type=int, default=None,
+                   help=f"annotated rows joining each batch, each penalised (default: replay, {TrainConfig().replay})")
+    p.add_argument("--annotated", type=float, default=None,
+                   help="instead: this share of the batch's own rows carries a mask")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -77,11 +89,11 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    r = bench_step(model=args.model, batch=args.batch, size=args.size, annotated=args.annotated,
-                   steps=args.steps, device=args.device)  # fmt: skip
+    r = bench_step(model=args.model, batch=args.batch, size=args.size, annotated=args.annotated, rows=args.rows,
+                   steps=args.steps, device=args.device, precision=args.precision)  # fmt: skip
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['model']} batch {r['batch']} at {r['size']} px on {r['device']}: CE step {r['ce_ms']} ms, "
-              f"with penalty on {r['annotated_rows']} rows {r['reg_ms']} ms, ratio {r['ratio']}")  # fmt: skip
+              f"with penalty on {r['annotated_rows']} rows{' joining the batch' if r['joined'] else ''} {r['reg_ms']} ms, ratio {r['ratio']}")  # fmt: skip
     return 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from trainer.app import bench, bench_predict, commands, demo, experiment
+from trainer.app import bench, bench_predict, bench_round, commands, demo, experiment
 from trainer.runs.run import RunBusy
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     benches = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     bench.add_parser(benches)
     bench_predict.add_parser(benches)
+    bench_round.add_parser(benches)
     for entry in entry_points(group="hitl.commands"):
         entry.load()(sub, benches)
     return parser

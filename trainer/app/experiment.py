@@ -106,16 +106,19 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
         feedback.cells = {i: simulated_cells(truth[i], grid, cfg.annotator, rng) for i in range(len(train))}
     total = int(round(budget * len(train)))
     history, losses = [], []
+    result = None
     for round_ in range(cfg.rounds + 1):
         if kind == "hitl" and round_ > 0:
             n_new = total * round_ // cfg.rounds - total * (round_ - 1) // cfg.rounds
-            probs = predict_probs(model, train)
+            probs = result.train_probs  # as `hitl run` picks: the scores of round_ - 1's last epoch
+            if probs is None or bool(torch.isnan(probs).any()):
+                probs = predict_probs(model, train)
             ids = select(probs, train.labels, n_new, strategy=strategy, exclude=feedback.given_ids(),
                          seed=round_seed(seed, round_ - 1))  # the model of round_ - 1 picks, as in `hitl run`
             for i in ids:
                 feedback.cells[int(i)] = simulated_cells(truth[i], grid, cfg.annotator, rng)
         result = train_round(model, train, feedback, grid, cfg.train, optimizer=optimizer, val_set=test,
-                             seed=round_seed(seed, round_))
+                             seed=round_seed(seed, round_), score=kind == "hitl")
         losses += [e.val_loss for e in result.epochs]
         history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids())})
     return {
@@ -180,7 +183,7 @@ def config_from_args(args) -> ExperimentConfig:
     train = replace(TrainConfig(), **{k: v for k, v in {
         "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "warmup_steps": args.warmup, "counterexamples": args.counterexamples,
-        "donors": args.donors,
+        "donors": args.donors, "penalty_every": args.penalty_every, "precision": args.precision,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
         datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
@@ -202,6 +205,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--image-size", type=int, default=None, help="resize the data (default: the dataset's size)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="forward passes (default fp32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=float, nargs="+", default=[0.01],
                    help="share of training images that may receive feedback over all rounds (several: a sweep)")
@@ -211,6 +215,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
     p.add_argument("--replay", type=int, default=None, help=f"annotated rows appended to each batch (default {d.replay})")
+    p.add_argument("--penalty-every", type=int, default=None,
+                   help=f"penalise every k-th step at k times the weight (default {d.penalty_every})")
     p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")
     p.add_argument("--counterexamples", type=float, default=None,
                    help=f"share of replayed rows refilled in their mask (default {d.counterexamples})")

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from label_config.grid import Grid
-from trainer.core.checks import check_share
+from trainer.core.checks import check_choice, check_int, check_share
 from trainer.core.feedback import Feedback
 from trainer.core.loss import auto_lambda, rrr_penalty
+from trainer.core.models import PRECISIONS, autocast
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,11 @@ class TrainConfig:
     ``warmup_steps`` ramps lambda linearly from 0 over a round's first penalised steps: a model that leans
     on a decoy starts with a huge penalty, and taking it at full weight at once can collapse the model to
     uniform predictions (whose input gradient is zero everywhere). ``donors``: counterexamples take the
-    marked region from another image of the batch rather than a random level (see ``counterexample``)."""
+    marked region from another image of the batch rather than a random level (see ``counterexample``).
+    ``penalty_every``: k > 1 draws the replay rows and takes the penalty on every k-th step only, at k times
+    the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
+    still counts every step since the first penalised one.
+    ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``)."""
 
     epochs: int = 3
     batch_size: int = 64
@@ -46,10 +51,16 @@ class TrainConfig:
     lam: float = 10.0
     warmup_steps: int = 60
     replay: int = 16
+    penalty_every: int = 1
     counterexamples: float = 1.0
     donors: bool = True
     device: str = "cpu"
     num_workers: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, "train.precision", PRECISIONS)
+        check_int(self.penalty_every, "train.penalty_every", minimum=1)
 
 
 @dataclass
@@ -65,8 +76,13 @@ class EpochMetrics:
 
 @dataclass
 class RoundResult:
+    """``train_probs``: (N, K) softmax of each training image as the last epoch's forward pass saw it (train
+    mode, the weights of its step), float32 on CPU, when ``train_round`` was asked to score; NaN rows for
+    images that pass did not see. The sampler ranks these instead of a second pass over the training set."""
+
     epochs: list[EpochMetrics] = field(default_factory=list)
     lam: float = 0.0
+    train_probs: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {"lam": self.lam, "epochs": [asdict(e) for e in self.epochs]}
@@ -134,6 +150,7 @@ def train_round(
     seed: int = 0,
     progress: bool = False,
     parallel: Parallel | None = None,
+    score: bool = False,
 ) -> RoundResult:
     """Train ``cfg.epochs`` epochs in place. Returns per-epoch metrics and the lambda used.
 
@@ -142,6 +159,7 @@ def train_round(
     annotated rows. Under ``parallel`` with R processes the rows are all processes' rows: each process
     weighs its CE by R * B_r / B and its penalty by R * M_r / M, so DDP's gradient mean is the gradient of
     that one loss. Nothing waits on the host inside a step (metrics stay on the device until the epoch ends).
+    ``score``: keep the last epoch's softmax of every training image (``RoundResult.train_probs``).
     """
     parallel = parallel or Parallel()
     device = torch.device(cfg.device)
@@ -155,7 +173,10 @@ def train_round(
     penalise = bool(feedback.annotated_ids())  # the same on every process: the same number of forwards
     world = parallel.world_size
     lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
-    ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps with annotated rows so far
+    ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps since the first with annotated rows
+    every = cfg.penalty_every
+    step = 0
+    probs = None
     result = RoundResult(lam=cfg.lam)
     for epoch in _maybe_tqdm(range(cfg.epochs), progress, "epochs"):
         if hasattr(loader.sampler, "set_epoch"):
@@ -164,24 +185,37 @@ def train_round(
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss * B, ce * B, penalty sum, M, B
         for x, y, ids in loader:
             x, y = x.to(device), torch.as_tensor(y).to(device)
-            xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay, donors=x if cfg.donors else None)
+            n_batch = len(y)
+            on_step = step % every == 0
+            step += 1
+            if on_step:
+                xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay, donors=x if cfg.donors else None)
+            else:
+                xa, ya, wa, n_drawn = x[:0], y[:0], torch.zeros(0, *x.shape[-2:]), 0
             if n_drawn:  # drawn rows join the batch's CE too; the batch's own annotated rows are in it already
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
             counts = parallel.all_reduce(torch.tensor([len(y), len(xa)], dtype=torch.float64, device=device))
-            ce = F.cross_entropy(net(x), y)
+            with autocast(cfg.precision, device):
+                logits = net(x).float()
+            ce = F.cross_entropy(logits, y)
+            if score and epoch == cfg.epochs - 1:
+                if probs is None:
+                    probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
+                probs.index_copy_(0, torch.as_tensor(ids).to(device), torch.softmax(logits[:n_batch].detach(), 1))
             loss = ce * (world * len(y) / counts[0])
             pen_sum = torch.zeros((), device=device)
             scale = torch.zeros((), dtype=torch.float64, device=device)  # ramp * lambda / M
-            if penalise and (len(xa) or world > 1):  # a process without rows still joins DDP's forward
+            if penalise and on_step and (len(xa) or world > 1):  # a process without rows still joins DDP's forward
                 if not len(xa):
                     xa, wa = x[:0], torch.zeros(0, *x.shape[-2:])
-                pen_sum = rrr_penalty(net, xa.to(device), wa.to(device)).sum()
+                with autocast(cfg.precision, device):
+                    pen_sum = rrr_penalty(net, xa.to(device), wa.to(device)).float().sum()
                 if lam is None:
                     lam = _first_lambda(parallel, ce, len(y), pen_sum, counts)
                     result.lam = cfg.lam if lam is None else lam
-                ramped = ramped + (counts[1] > 0)
+                ramped = ramped + (counts[1] > 0) * every  # every step since the first penalised one
                 ramp = (ramped / cfg.warmup_steps).clamp(max=1.0) if cfg.warmup_steps else 1.0
-                scale = ramp * (lam or 0.0) / counts[1].clamp(min=1.0)
+                scale = ramp * (every * (lam or 0.0)) / counts[1].clamp(min=1.0)
                 loss = loss + (world * scale).to(pen_sum.dtype) * pen_sum
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,6 +224,8 @@ def train_round(
             sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
                                  pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(len(y))])
         result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
+        if probs is not None:
+            result.train_probs = probs.cpu()
         if val_set is not None:
             result.epochs[-1].val_acc, result.epochs[-1].val_loss = parallel.evaluate(model, val_set, device)
     return result

@@ -17,6 +17,17 @@ from trainer.core.checks import check_choice
 
 MODELS = ("small-cnn", "resnet18", "resnet50")
 SMALL_STEM_MAX = 32  # ResNets on images up to this side get a 3 x 3 stride-1 stem and no max-pool
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The forward passes' precision, one setting for training, benchmarks and the backend: ``fp32`` runs as
+    is; ``bf16`` runs under ``torch.autocast`` (matmuls and convolutions in bfloat16, weights, gradients and
+    the optimizer in float32, so no loss scaling is needed)."""
+    dtype = PRECISIONS[check_choice(precision, "precision", PRECISIONS)]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,10 @@ REQUIRED_META = ("model", "num_classes", "in_channels", "image_size", "classes",
 _ROUND_FILE = re.compile(r"round-(\d+)\.pt")
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write ``{"model": state_dict, "optimizer": state_dict | None, "meta": meta}`` atomically."""
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None,
+                    train_probs: torch.Tensor | None = None) -> Path:  # fmt: skip
+    """Write ``{"model": state_dict, "optimizer": state_dict | None, "meta": meta}`` atomically, plus
+    ``"train_probs"`` (N, K) when given: the round's scores of the training images for the sampler."""
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
@@ -29,6 +31,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer: t
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "meta": meta,
     }
+    if train_probs is not None:
+        state["train_probs"] = train_probs.detach().float().cpu()
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -40,6 +44,12 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise ValueError(f"{path} is not a checkpoint of this project (no 'model'/'meta' keys)")
     return state
+
+
+def read_train_probs(path: str | Path) -> torch.Tensor | None:
+    """The (N, K) training-set scores a checkpoint was saved with, or None (older checkpoints, DDP rounds)."""
+    probs = read_checkpoint(path).get("train_probs")
+    return probs if isinstance(probs, torch.Tensor) else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

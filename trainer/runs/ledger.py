@@ -24,8 +24,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from label_config.grid import Grid
-from trainer.core.feedback import Feedback
 from label_config.rasterise import combine_cells
+from trainer.core.feedback import Feedback
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 300.0  # a pull of 10,000 annotations holds the write lock for seconds; SQLite's default is 5

@@ -18,8 +18,8 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
@@ -28,15 +28,27 @@ from torch import nn
 
 from label_config.grid import Grid
 from trainer.core.feedback import Feedback
-from trainer.core.loop import RoundResult, TrainConfig, make_optimizer, round_seed, train_round
+from trainer.core.loop import (
+    RoundResult,
+    TrainConfig,
+    make_optimizer,
+    round_seed,
+    train_round,
+)
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import load_dataset
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
-from trainer.runs.checkpoint import checkpoint_path, checkpoint_round, latest_checkpoint, read_checkpoint, save_checkpoint
+from trainer.runs.checkpoint import (
+    checkpoint_path,
+    checkpoint_round,
+    latest_checkpoint,
+    read_checkpoint,
+    read_train_probs,
+    save_checkpoint,
+)
 from trainer.runs.ledger import Ledger
-
 
 LOCK_FILE = "train.lock"
 
@@ -203,7 +215,7 @@ class Run:
         cfg = self.config.train
         result = train_round(
             model, train, feedback, self.grid, cfg, optimizer=optimizer, val_set=test,
-            seed=round_seed(self.config.seed, round_), progress=progress,
+            seed=round_seed(self.config.seed, round_), progress=progress, score=True,
         )  # fmt: skip
         return self.finish_round(round_, model, optimizer, feedback, result, started_at=started_at)
 
@@ -230,7 +242,8 @@ class Run:
             self.ledger.record_feedback(round_, feedback)
             self.ledger.record_round(round_, record["model_version"], started_at=started_at,
                                      finished_at=datetime.now(timezone.utc), metrics=summary)  # fmt: skip
-        save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, self.meta(round_), optimizer)
+        save_checkpoint(checkpoint_path(self.checkpoint_dir, round_), model, self.meta(round_), optimizer,
+                        train_probs=result.train_probs)  # fmt: skip
         self._append_history(record)
         return record
 
@@ -245,9 +258,14 @@ class Run:
 
     def choose_samples(self, model: nn.Module, round_: int, n: int, exclude: set[int]) -> list[int]:
         """The ``n`` training images to ask about after round ``round_``, by the configured strategy (seeded
-        by that round, so the same round picks the same images whenever it is asked)."""
+        by that round, so the same round picks the same images whenever it is asked). The scores are those
+        the round's last epoch saw, saved in its checkpoint (no second pass over the training set); a
+        checkpoint without them (an older one, a DDP round) is scored by ``model`` in eval mode."""
         train, _ = self.datasets
-        probs = predict_probs(model, train, device=self.config.train.device)
+        path = checkpoint_path(self.checkpoint_dir, round_)
+        probs = read_train_probs(path) if path.is_file() else None
+        if probs is None or probs.shape[0] != len(train) or bool(torch.isnan(probs).any()):
+            probs = predict_probs(model, train, device=self.config.train.device)
         return [int(i) for i in select(probs, train.labels, n, strategy=self.config.sampling.strategy,
                                        exclude=exclude, seed=round_seed(self.config.seed, round_))]  # fmt: skip
 
