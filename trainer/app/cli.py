@@ -10,7 +10,15 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from trainer.app import bench, bench_predict, bench_round, commands, demo, experiment
+from trainer.app import (
+    bench,
+    bench_predict,
+    bench_pull,
+    bench_round,
+    commands,
+    demo,
+    experiment,
+)
 from trainer.runs.run import RunBusy
 
 
@@ -24,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(benches)
     bench_predict.add_parser(benches)
     bench_round.add_parser(benches)
+    bench_pull.add_parser(benches)
     for entry in entry_points(group="hitl.commands"):
         entry.load()(sub, benches)
     return parser

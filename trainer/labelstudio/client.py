@@ -123,7 +123,7 @@ def list_task_data(client: LabelStudio, project_id: int, *, page_size: int = 100
 
 
 def fetch_annotations(client: LabelStudio, project_id: int, *, sample_key: str = SAMPLE_ID_KEY,
-                      page_size: int = 100) -> list[AnnotationRecord]:
+                      page_size: int = 1000) -> list[AnnotationRecord]:
     """Every submitted annotation of the project, ordered by task then annotation id.
 
     Pages through all tasks and keeps the annotations themselves: predictions and drafts are not
