@@ -10,7 +10,15 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from trainer.app import bench, bench_predict, commands, demo, experiment
+from trainer.app import (
+    bench,
+    bench_predict,
+    commands,
+    compare,
+    demo,
+    experiment,
+    report,
+)
 from trainer.runs.run import RunBusy
 
 
@@ -18,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hitl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     commands.register(sub)
+    report.register(sub)
+    compare.register(sub)
     demo.register(sub)
     experiment.register(sub)
     benches = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
