@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,49 @@ def test_report_refuses_a_run_without_rounds(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no trained round yet" in capsys.readouterr().err
 
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never downloaded
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "report"  # gitignored; docs/report.png comes from here
+_IMAGES = "() => Array.from(document.images).map(img => ({complete: img.complete, width: img.naturalWidth}))"
+
+
+@pytest.mark.browser
+@pytest.mark.labelstudio
+def test_report_of_a_real_run_renders_in_chromium(tmp_path, label_studio, monkeypatch, one_torch_thread):
+    """A decoy-mnist run through the real Label Studio with the simulated annotator, its report opened from
+    disk in headless Chromium: every picture decodes and the console stays free of errors."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    run_dir = tmp_path / f"{tmp_path.name}-run"
+    assert main(["init", str(run_dir), "--epochs", "2", "--per-round", "4", "--replay", "4"]) == 0
+    assert main(["run", str(run_dir), "--rounds", "2", "--simulate", "--document-root",
+                 str(label_studio.document_root)]) == 0  # fmt: skip
+    assert main(["report", str(run_dir)]) == 0
+    page_path = run_dir / "report.html"
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1150, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(page_path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            images = page.evaluate(_IMAGES)
+            headings = page.locator("h2").all_inner_texts()
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(images) == 1 + 3 * 6  # the curves, then image / when asked / now for 6 annotated images
+    assert all(i["complete"] and i["width"] > 0 for i in images)
+    assert headings[:2] == ["Training", "Annotations"]

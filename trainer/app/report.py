@@ -259,7 +259,8 @@ def _examples_html(examples: tuple[Example, ...]) -> str:
     for x in examples:
         out.append(
             f'<div class=ex><figure>{_img(x.image)}<figcaption>image {x.sample_id}, label {html.escape(x.label)}, '
-            f"asked after round {x.asked_round}, {x.marked_cells} cells marked</figcaption></figure>"
+            f"asked after round {x.asked_round}, {x.marked_cells} cell{'s' * (x.marked_cells != 1)} marked"
+            "</figcaption></figure>"
             f"<figure>{_img(x.before)}<figcaption>round {x.asked_round}: says {html.escape(x.predicted_before)}, "
             f"share {x.share_before:.2f}</figcaption></figure>"
             f"<figure>{_img(x.after)}<figcaption>round {x.latest_round}: says {html.escape(x.predicted_after)}, "
