@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,38 @@ def test_the_ledger_waits_for_another_writer_instead_of_failing(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
     (busy_ms,) = ledger._conn.execute("PRAGMA busy_timeout").fetchone()
     assert busy_ms >= 60_000  # SQLite's default of 5 s failed a second `hitl pull` during a large one
+
+
+def test_train_fraction_keeps_a_seeded_stratified_share_and_the_whole_test_split(tmp_path):
+    full = Run.create(tmp_path / "full", RunConfig())
+    part = Run.create(tmp_path / "part", with_overrides(RunConfig(), train_fraction=0.1))
+    (train, test), (small, small_test) = full.datasets, part.datasets
+    assert len(small_test) == len(test)
+    assert len(small) == pytest.approx(0.1 * len(train), abs=len(train.classes))
+    np.testing.assert_allclose(np.bincount(small.labels.numpy()) / len(small),
+                               np.bincount(train.labels.numpy()) / len(train), atol=0.01)  # fmt: skip
+    again = Run.open(tmp_path / "part").datasets[0]
+    assert torch.equal(again[5][0], small[5][0])  # seeded: the same images on every open
+    with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\], got 0"):
+        RunConfig(train_fraction=0)
+
+
+def test_twin_trains_the_same_rounds_without_feedback(tmp_path, one_torch_thread):
+    run = Run.create(tmp_path / "r", with_overrides(RunConfig(), train_fraction=0.1, **TINY))
+    run.train_next_round()
+    masks = run.datasets[0].decoy_masks.numpy()
+    feedback = Feedback(cells={i: run.grid.mask_to_cells(masks[i]) for i in range(4)})
+    run.train_next_round(feedback)
+    twin = run.twin()
+    assert twin.directory == tmp_path / "r-twin" and twin.config.twin_of == "r"
+    assert twin.config == with_overrides(run.config, twin_of="r")
+    assert [h["round"] for h in twin.train_to(run.current_round(), Feedback())] == [0, 1]
+    assert twin.train_to(1, Feedback()) == []  # caught up: nothing trained twice
+    ours, theirs = run.history(), twin.history()
+    assert [h["annotated"] for h in theirs] == [0, 0] and ours[1]["annotated"] == 4
+    assert ours[1]["epochs"][-1]["penalty"] > 0 and theirs[1]["epochs"][-1]["penalised_rows"] == 0
+    assert theirs[0]["acc"] == pytest.approx(ours[0]["acc"])  # same data, seeds and schedule
+    assert sum(map(sum, theirs[1]["confusion"])) == len(twin.datasets[1])
+    assert run.twin().directory == twin.directory  # reopened, not recreated
+    with pytest.raises(ValueError, match="itself the no-feedback twin"):
+        twin.twin()

@@ -16,8 +16,10 @@ from trainer.app import (
     bench_pull,
     bench_round,
     commands,
+    compare,
     demo,
     experiment,
+    report,
 )
 from trainer.runs.run import RunBusy
 
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hitl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     commands.register(sub)
+    report.register(sub)
+    compare.register(sub)
     demo.register(sub)
     experiment.register(sub)
     benches = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--cell-px", type=int, default=None,
                    help=f"grid cell side in model-input pixels (default: a {GRID_CELLS} x {GRID_CELLS} grid)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-fraction", type=float, default=RunConfig.train_fraction,
+                   help="train on a seeded, class-stratified share of the training split, in (0, 1] (the test "
+                        "split stays whole)")
     p.add_argument("--saliency", default=RunConfig.saliency)
     p.add_argument("--top-k", type=int, default=RunConfig.top_k, help="salient cells pre-filled as suggestions")
     p.add_argument("--weights", default=None, help="local state-dict file to start from")
@@ -73,6 +76,7 @@ def _init(args) -> int:
     config = with_overrides(
         RunConfig(), dataset=args.dataset, model=args.model or default_model(channels, size), image_size=size,
         channels=channels, cell_px=args.cell_px or max(1, size // GRID_CELLS), seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
+        train_fraction=args.train_fraction,
         **{"train.epochs": args.epochs, "train.lam": args.lam, "train.replay": args.replay,
            "train.device": args.device, "sampling.strategy": args.strategy, "sampling.per_round": args.per_round},
     )  # fmt: skip
@@ -144,6 +148,9 @@ def _register_label_studio(sub) -> None:
     p.add_argument("--simulate", nargs="?", const="rect", choices=SIMULATED_KINDS, default=None,
                    help="annotate with a simulated annotator (rectangles or points on the true decoy)")
     p.add_argument("--miss-rate", type=float, default=0.0, help="simulated annotator misses a decoy cell")
+    p.add_argument("--twin", action="store_true",
+                   help="also train RUN-twin: the same data, schedule and seeds with no feedback, round for round "
+                        "(compare them with `hitl compare RUN RUN-twin`)")
     p.set_defaults(func=_run)
 
 
@@ -187,13 +194,17 @@ def _pull(args) -> int:
 
 def _run(args) -> int:
     run, client, link = _open(args)
+    twin = run.twin() if args.twin else None
     try:
         run_loop(run, client, link, rounds=args.rounds, min_annotations=args.min_annotations,
                  deadline_minutes=args.deadline_minutes, poll_seconds=args.poll_seconds, simulate=args.simulate,
-                 miss_rate=args.miss_rate, mode=args.mode)
+                 miss_rate=args.miss_rate, mode=args.mode, twin=twin)
     except KeyboardInterrupt:
         print(f"\ninterrupted; `hitl run {args.run_dir} --rounds {args.rounds}` resumes where this stopped",
               file=sys.stderr)
         return 130
     print(f"done: round {run.current_round()} trained ({run.model_version(run.current_round())})")
+    if twin is not None:
+        print(f"no-feedback twin: {twin.directory} (round {twin.current_round()}); "
+              f"compare: hitl compare {args.run_dir} {twin.directory}")
     return 0

@@ -2,8 +2,8 @@
 
 Shape legend: N images, C channels, H x W pixels.
 
-Pure in, file out: each function takes numbers or arrays and writes one picture; nothing is trained or
-loaded here.
+Pure in, file out: each function takes numbers or arrays and writes one picture (to a path, or to a binary
+stream such as ``io.BytesIO`` for a report's data URI); nothing is trained or loaded here.
 """
 
 from __future__ import annotations
@@ -47,6 +47,78 @@ def plot_accuracy(curves: dict[str, list[float]], path: str | Path, *, title: st
     ax.grid(alpha=0.3)
     ax.legend()
     ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
+
+def plot_epochs(rounds: list[dict], path, *, title: str = "Test accuracy and loss per epoch"):
+    """Accuracy and loss on the test set per epoch, with the rounds that trained with feedback shaded and a
+    line at each round's start; a second panel with the irrelevant share per round when any is known.
+
+    rounds: one dict per round, oldest first: ``round``, ``annotated`` (images with a mask W),
+    ``val_acc`` and ``val_loss`` (one value per epoch, None where not evaluated), ``irrelevant_share`` or None.
+    """
+    if not rounds:
+        raise ValueError("no rounds to plot: the run has no history yet (train round 0 first)")
+    shares = [(r["round"], r["irrelevant_share"]) for r in rounds if r.get("irrelevant_share") is not None]
+    fig = _figure(9 if shares else 7, 3.6)
+    ax = fig.add_subplot(1, 2, 1) if shares else fig.add_subplot()
+    loss_ax = ax.twinx()
+    start, xs, accs, losses = 0, [], [], []
+    for r in rounds:
+        n = len(r["val_acc"])
+        if r["annotated"]:
+            ax.axvspan(start + 0.5, start + n + 0.5, color="tab:green", alpha=0.08, linewidth=0)
+        ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=0.8)
+        ax.text(start + 0.6, 1.0, f"r{r['round']}" + (f" ({r['annotated']})" if r["annotated"] else ""),
+                transform=ax.get_xaxis_transform(), fontsize=7, va="bottom")
+        xs += list(range(start + 1, start + n + 1))
+        accs += [np.nan if a is None else 100 * a for a in r["val_acc"]]
+        losses += [np.nan if v is None else v for v in r["val_loss"]]
+        start += n
+    ax.plot(xs, accs, marker="o", markersize=3, color="tab:blue", label="accuracy (%)")
+    loss_ax.plot(xs, losses, marker="s", markersize=3, color="tab:orange", label="loss")
+    ax.set_xlabel("epoch (shaded: rounds trained with feedback, images with a mask in brackets)", fontsize=8)
+    ax.set_ylabel("accuracy (%)", color="tab:blue")
+    loss_ax.set_ylabel("cross-entropy", color="tab:orange")
+    ax.set_title(title, fontsize=10, pad=14)
+    ax.grid(alpha=0.3)
+    if shares:
+        share_ax = fig.add_subplot(1, 2, 2)
+        share_ax.plot([r for r, _ in shares], [v for _, v in shares], marker="o", color="tab:red")
+        share_ax.set_xlabel("round")
+        share_ax.set_ylabel("share of saliency in the true mask")
+        share_ax.set_title("Irrelevant share per round", fontsize=10, pad=14)
+        share_ax.set_ylim(bottom=0)
+        share_ax.grid(alpha=0.3)
+        share_ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_compare(names: list[str], scores: dict[str, list[float]], min_losses: list[float | None], path,
+                 *, title: str = "Runs side by side"):
+    """Grouped bars: each score in ``scores`` (name -> one value in [0, 1] per run) for every run, and the
+    runs' minimum test loss beside them (None: not known)."""
+    if not names or any(len(v) != len(names) for v in scores.values()) or len(min_losses) != len(names):
+        raise ValueError(f"every score needs one value per run ({len(names)} runs)")
+    fig = _figure(4 + 1.2 * len(names), 3.6)
+    ax, loss_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(names)
+    centres = np.arange(len(scores))
+    for i, name in enumerate(names):
+        values = [100 * scores[k][i] for k in scores]
+        bars = ax.bar(centres + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(centres, list(scores))
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    loss_ax.bar(range(len(names)), [np.nan if v is None else v for v in min_losses],
+                color=[f"C{i}" for i in range(len(names))])
+    loss_ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    loss_ax.set_title("min test loss", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -104,7 +176,11 @@ def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path):
+    """Write the figure as PNG to ``path`` (a file path, made with its folders) or a binary stream."""
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

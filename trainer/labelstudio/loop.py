@@ -1,7 +1,8 @@
 """The Label Studio loop (``hitl run``): each round push -> annotators (or the simulated one) -> pull -> train.
 
 ``hitl run`` is resumable: checkpoints say which rounds were trained and the ledger which were pushed, so
-after Ctrl-C or a crash it starts where it stopped, without pushing or training anything twice.
+after Ctrl-C or a crash it starts where it stopped, without pushing or training anything twice. With a
+``twin`` (``Run.twin``), the no-feedback twin trains each round while annotators work on the next one.
 ``training_round`` is the backend's "Start Training": pull, then train one round.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from trainer.core.checks import check_choice, check_int, check_positive
+from trainer.core.feedback import Feedback
 from trainer.labelstudio.annotator import simulate_annotator
 from trainer.labelstudio.client import fetch_annotations
 from trainer.labelstudio.link import Link
@@ -46,10 +48,13 @@ def wait_for_annotations(client, project_id: int, task_ids: list[int], *, min_an
 
 def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int | None = None,
              deadline_minutes: float | None = None, poll_seconds: float = 10.0, simulate: str | None = None,
-             miss_rate: float = 0.0, mode: str = "union", progress: bool = True, log=print) -> list[dict]:
+             miss_rate: float = 0.0, mode: str = "union", progress: bool = True, log=print,
+             twin: Run | None = None) -> list[dict]:
     """Train until the newest checkpoint is round ``rounds``: each round push -> annotate -> pull -> train.
 
     Starts where the checkpoints and the ledger say the run stopped. Returns the rounds trained now.
+    ``twin``: a run with the same config trained to the same round with no feedback at all, round r while
+    round r's tasks wait for annotators.
     """
     check_int(rounds, "rounds")
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
@@ -63,6 +68,7 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
         task_ids = push(run, client, link.project_id, round=r, document_root=link.document_root,
                         data_uri=link.data_uri)
         log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({link.url}/projects/{link.project_id})")
+        _train_twin(twin, r, progress, log)
         if simulate:
             simulate_annotator(run, client, link.project_id, kind=simulate, miss_rate=miss_rate,
                                task_ids=task_ids, seed=run.config.seed + r)
@@ -77,7 +83,15 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
         for warning in report.warnings:
             log(f"  warning: {warning}")
         trained.append(_train(run, report.feedback, progress, log))
+    _train_twin(twin, run.current_round(), progress, log)
     return trained
+
+
+def _train_twin(twin: Run | None, round_: int, progress: bool, log) -> None:
+    if twin is None:
+        return
+    for record in twin.train_to(round_, Feedback(), progress=progress):
+        log(f"twin {json.dumps({k: record.get(k) for k in ('round', 'model_version', 'annotated', 'acc')})}")
 
 
 def _train(run: Run, feedback, progress: bool, log) -> dict:

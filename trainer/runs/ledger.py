@@ -62,6 +62,19 @@ class PushedTask:
     pushed_at: str
 
 
+@dataclass(frozen=True)
+class Question:
+    """One pushed task and what came back for it: live answers (not skipped), skips or cancellations, whether
+    an answer marked cells, whether one fixed the label."""
+
+    round: int
+    sample_id: int
+    answers: int
+    skips: int
+    marked: bool
+    label_fix: bool
+
+
 def utc_timestamp(value: datetime | str | None = None) -> str:
     """ISO 8601 UTC with microseconds (``2024-01-02T03:04:05.000006Z``): sorts as text, as in SQL."""
     if value is None:
@@ -193,6 +206,19 @@ class Ledger:
 
     def pushed_sample_ids(self, project_id: int, round: int | None = None) -> set[int]:
         return {t.sample_id for t in self.pushed_tasks(project_id, round)}
+
+    def questions(self) -> list[Question]:
+        """Every pushed task of every project with its live annotations summed up, by round and sample id."""
+        rows = self._query(
+            "SELECT p.round, p.sample_id,"
+            " COALESCE(SUM(a.annotation_id IS NOT NULL AND a.skip = 0 AND a.was_cancelled = 0), 0),"
+            " COALESCE(SUM(a.skip = 1 OR a.was_cancelled = 1), 0),"
+            " COALESCE(MAX(a.cells IS NOT NULL AND a.skip = 0 AND a.was_cancelled = 0), 0),"
+            " COALESCE(MAX(a.label_fix IS NOT NULL), 0)"
+            " FROM pushed_tasks p LEFT JOIN annotations a ON a.task_id = p.task_id AND a.deleted = 0"
+            " AND (a.project_id IS NULL OR a.project_id = p.project_id)"
+            " GROUP BY p.project_id, p.task_id ORDER BY p.round, p.sample_id")
+        return [Question(r, s, int(n), int(k), bool(m), bool(f)) for r, s, n, k, m, f in rows]
 
     # -- annotations --------------------------------------------------------------------------------
     def upsert_annotation(self, annotation_id: int, *, task_id: int, sample_id: int, updated_at,

@@ -5,6 +5,7 @@
     RUN/ledger.sqlite       what was pushed, pulled and used (trainer.runs.ledger)
     RUN/history.json        per-round metrics
     RUN/train.lock          held while a round trains (one trainer at a time)
+    RUN-twin/               the no-feedback twin (``Run.twin``): same config, data, schedule and seeds, no masks
 
 Round 0 trains without feedback; round r > 0 continues from round r-1's checkpoint with the feedback the
 ledger holds. A crash inside a round loses only that round: the next call starts it again from the last
@@ -37,7 +38,8 @@ from trainer.core.loop import (
 )
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
-from trainer.data.registry import load_dataset
+from trainer.core.scores import confusion_matrix
+from trainer.data.registry import load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
 from trainer.runs.checkpoint import (
@@ -51,6 +53,7 @@ from trainer.runs.checkpoint import (
 from trainer.runs.ledger import Ledger
 
 LOCK_FILE = "train.lock"
+TWIN_SUFFIX = "-twin"  # RUN-twin: the no-feedback twin beside RUN
 
 
 class RunBusy(RuntimeError):
@@ -59,7 +62,9 @@ class RunBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to rebuild its data, model and grid. ``cell_px`` is in model-input pixels."""
+    """Everything a run needs to rebuild its data, model and grid. ``cell_px`` is in model-input pixels;
+    ``train_fraction`` keeps a seeded, class-stratified share of the training split (the paper's protocol);
+    ``twin_of`` names the run whose no-feedback twin this is (None for any other run)."""
 
     dataset: str = "decoy-mnist"
     model: str = "small-cnn"
@@ -70,8 +75,15 @@ class RunConfig:
     saliency: str = "deeplift"
     top_k: int = 3
     weights: str | None = None
+    train_fraction: float = 1.0
+    twin_of: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        f = self.train_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {f!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -123,9 +135,10 @@ class Run:
 
     @cached_property
     def datasets(self):
-        """(train, test) datasets, loaded once per process."""
+        """(train, test) datasets, loaded once per process; train is the config's ``train_fraction`` of the split."""
         c = self.config
-        return load_dataset(c.dataset, size=c.image_size, seed=c.seed, channels=c.channels)
+        train, test = load_dataset(c.dataset, size=c.image_size, seed=c.seed, channels=c.channels)
+        return train_fraction(train, c.train_fraction, seed=c.seed), test
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -234,6 +247,9 @@ class Run:
             "acc": result.epochs[-1].val_acc if result.epochs else None,
             "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
             "irrelevant_share": test_irrelevant_share(model, test, method=self.config.saliency, limit=200),
+            # rows true, columns predicted: what `hitl compare` reads balanced accuracy and macro-F1 from
+            "confusion": confusion_matrix(model, test, len(self.classes),
+                                          device=next(model.parameters()).device).tolist(),
             **extra,
             **result.to_dict(),
         }
@@ -268,6 +284,21 @@ class Run:
             probs = predict_probs(model, train, device=self.config.train.device)
         return [int(i) for i in select(probs, train.labels, n, strategy=self.config.sampling.strategy,
                                        exclude=exclude, seed=round_seed(self.config.seed, round_))]  # fmt: skip
+
+    def train_to(self, round_: int, feedback: Feedback | None = None, *, progress: bool = False) -> list[dict]:
+        """Train rounds until the newest checkpoint is ``round_`` (each with ``feedback``, default the ledger's);
+        the records of the rounds trained now."""
+        records = []
+        while self.current_round() < round_:
+            records.append(self.train_next_round(feedback, progress=progress))
+        return records
+
+    def twin(self) -> "Run":
+        """The no-feedback twin, ``RUN-twin`` beside this run (created on first use): the same config, so the
+        same data, schedule and seeds; train it with ``twin.train_to(r, Feedback())``."""
+        if self.config.twin_of is not None:
+            raise ValueError(f"run {self.directory} is itself the no-feedback twin of {self.config.twin_of!r}")
+        return Run.create(self.directory.parent / f"{self.name}{TWIN_SUFFIX}", replace(self.config, twin_of=self.name))
 
     def history(self) -> list[dict]:
         path = self.directory / "history.json"
