@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from trainer.runs.checkpoint import load_checkpoint, read_checkpoint
 from trainer.core.feedback import Feedback
+from trainer.runs.checkpoint import load_checkpoint, read_checkpoint
 from trainer.runs.run import Run, RunBusy, RunConfig, with_overrides
 
 TINY = {"train.epochs": 1, "train.batch_size": 256, "train.replay": 4}
@@ -95,3 +94,16 @@ def test_the_ledger_waits_for_another_writer_instead_of_failing(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
     (busy_ms,) = ledger._conn.execute("PRAGMA busy_timeout").fetchone()
     assert busy_ms >= 60_000  # SQLite's default of 5 s failed a second `hitl pull` during a large one
+
+
+def test_training_pid_names_the_process_holding_the_lock(tmp_path):
+    run = Run.create(tmp_path / "r", RunConfig())
+    assert run.training_pid() is None  # no lock file yet
+    with run.exclusive():
+        assert run.training_pid() == os.getpid()
+        with pytest.raises(RunBusy):  # the probe did not take the lock away from its holder
+            with run.exclusive():
+                pass
+    assert run.training_pid() is None
+    with run.exclusive():  # nor did it keep the lock
+        pass

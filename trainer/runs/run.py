@@ -18,8 +18,8 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
@@ -28,15 +28,26 @@ from torch import nn
 
 from label_config.grid import Grid
 from trainer.core.feedback import Feedback
-from trainer.core.loop import RoundResult, TrainConfig, make_optimizer, round_seed, train_round
+from trainer.core.loop import (
+    RoundResult,
+    TrainConfig,
+    make_optimizer,
+    round_seed,
+    train_round,
+)
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import load_dataset
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
-from trainer.runs.checkpoint import checkpoint_path, checkpoint_round, latest_checkpoint, read_checkpoint, save_checkpoint
+from trainer.runs.checkpoint import (
+    checkpoint_path,
+    checkpoint_round,
+    latest_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from trainer.runs.ledger import Ledger
-
 
 LOCK_FILE = "train.lock"
 
@@ -187,6 +198,22 @@ class Run:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def training_pid(self) -> int | None:
+        """The id of the process training a round of this run now (holding ``RUN/train.lock``), else None;
+        0 when the holder wrote no id. Takes the lock for an instant if it is free (flock has no query), so a
+        trainer starting in that instant gets RunBusy."""
+        path = self.directory / LOCK_FILE
+        if not path.is_file():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip()
+                return int(holder) if holder.isdigit() else 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
 
     def train_next_round(self, feedback: Feedback | None = None, *, progress: bool = False) -> dict:
         """Train the next round from the newest checkpoint, holding the run's lock; save its checkpoint and
