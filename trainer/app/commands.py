@@ -179,14 +179,15 @@ def _open(args, *, linking: bool = True):
 
 def _push(args) -> int:
     run, client, link = _open(args)
-    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri)
+    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri,
+                    progress=True)
     print(f"round {run.current_round()}: {len(task_ids)} tasks in {link.url}/projects/{link.project_id}")
     return 0
 
 
 def _pull(args) -> int:
     run, client, link = _open(args, linking=False)
-    report = pull(run, client, link.project_id, mode=args.mode)
+    report = pull(run, client, link.project_id, mode=args.mode, progress=True)
     print(f"pulled {report.summary()}; {len(report.feedback.annotated_ids())} images with a mask W")
     for error in report.errors:
         print(f"  skipped a bad annotation: {error}", file=sys.stderr)

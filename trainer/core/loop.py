@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from label_config.grid import Grid
 from trainer.core.checks import check_share
 from trainer.core.feedback import Feedback
 from trainer.core.loss import auto_lambda, rrr_penalty
+from trainer.core.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ class Parallel:
         """The sum of ``t`` over processes (here: ``t``)."""
         return t
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device) -> tuple[float, float]:
-        return evaluate(model, dataset, device=device)
+    def evaluate(self, model: nn.Module, dataset: Dataset, device, *, progress: bool = False) -> tuple[float, float]:
+        return evaluate(model, dataset, device=device, progress=progress)
 
 
 def train_round(
@@ -157,7 +157,7 @@ def train_round(
     lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
     ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps with annotated rows so far
     result = RoundResult(lam=cfg.lam)
-    for epoch in _maybe_tqdm(range(cfg.epochs), progress, "epochs"):
+    for epoch in progress_bar(range(cfg.epochs), enabled=progress, desc="epochs", leave=False):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         net.train()
@@ -191,7 +191,8 @@ def train_round(
                                  pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(len(y))])
         result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
         if val_set is not None:
-            result.epochs[-1].val_acc, result.epochs[-1].val_loss = parallel.evaluate(model, val_set, device)
+            scores = parallel.evaluate(model, val_set, device, progress=progress)
+            result.epochs[-1].val_acc, result.epochs[-1].val_loss = scores
     return result
 
 
@@ -269,12 +270,14 @@ def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.rando
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy in 0-1, mean cross-entropy) on a dataset."""
+def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: int = 512,
+             progress: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(accuracy in 0-1, mean cross-entropy) on a dataset; ``progress``: a bar over its batches."""
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y, _ in DataLoader(dataset, batch_size=batch_size):
+    batches = DataLoader(dataset, batch_size=batch_size)
+    for x, y, _ in progress_bar(batches, enabled=progress, desc="evaluate", unit="batch", leave=False):
         x, y = x.to(device), torch.as_tensor(y).to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -282,7 +285,3 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: in
         n += len(y)
     model.train(was_training)
     return correct / max(1, n), loss_sum / max(1, n)
-
-
-def _maybe_tqdm(it, enabled: bool, desc: str):
-    return tqdm(it, desc=desc, leave=False) if enabled else it

@@ -109,8 +109,10 @@ def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.Pa
     return storage.id
 
 
-def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100) -> list[int]:
-    """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order."""
+def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100,
+                 progress: Callable[[int], None] | None = None) -> list[int]:  # fmt: skip
+    """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order.
+    ``progress`` is called with the number of tasks of each batch once it is imported."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     task_ids: list[int] = []
@@ -121,6 +123,8 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, bat
         if len(ids) != len(batch):
             raise RuntimeError(f"Label Studio returned {len(ids)} task ids for a batch of {len(batch)} tasks")
         task_ids.extend(ids)
+        if progress is not None:
+            progress(len(ids))
     return task_ids
 
 
