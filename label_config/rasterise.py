@@ -238,31 +238,55 @@ def parse_annotation(
     annotation_id=None,
     controls: ConfigControls | None = None,
 ) -> AnnotationFeedback:
-    """Cells, label fix and skip flag of one annotation's ``result``.
+    """Cells, label fix and skip flag of one annotation's ``result`` (choices read by ``annotation_choices``).
 
-    The correct-label choice counts unless the annotator also said the label is correct (a choice
-    hidden again in the UI may linger in the result). ``controls`` (from ``check_config``) supplies a
-    project's own control names; by default ours. Raises ValueError on an unknown class name.
+    ``controls`` (from ``check_config``) supplies a project's own control names; by default ours. Raises
+    ValueError on an unknown class name.
     """
     where = f"task {task_id}, annotation {annotation_id}"
+    result = _items(result, where)
+    cells = regions_to_cells(result, grid, task_id=task_id, annotation_id=annotation_id)
+    cells.setflags(write=False)
+    choices = annotation_choices(result, controls=controls, where=where)
+    label_fix = None
+    if choices.correct_label is not None:
+        if choices.correct_label not in classes:
+            raise ValueError(f"{where}: correct label {choices.correct_label!r} is not one of the classes "
+                             f"{list(classes)}")
+        label_fix = list(classes).index(choices.correct_label)
+    return AnnotationFeedback(cells=cells, label_fix=label_fix, skip=choices.skip)
+
+
+@dataclass(frozen=True)
+class AnnotationChoices:
+    """What an annotation's choices say: the correct label's name when the annotator gave one (and did not
+    also say the label is correct), and whether they chose the skip choice."""
+
+    correct_label: str | None
+    skip: bool
+
+
+def annotation_choices(result: list[dict], *, controls: ConfigControls | None = None,
+                       where: str = "result") -> AnnotationChoices:
+    """The label fix and the skip choice of one ``result``, without the grid or the classes: the one rule
+    that ``parse_annotation`` and ``hitl status`` share. Raises ValueError on several correct labels.
+
+    The correct-label choice counts unless the annotator also said the label is correct (a choice hidden
+    again in the UI may linger in the result).
+    """
     names = {
         "check": controls.label_check.name if controls and controls.label_check else LABEL_CHECK,
         "fix": controls.correct_label.name if controls and controls.correct_label else CORRECT_LABEL,
         "skip": controls.skip.name if controls and controls.skip else SKIP,
     }
     result = _items(result, where)
-    cells = regions_to_cells(result, grid, task_id=task_id, annotation_id=annotation_id)
-    cells.setflags(write=False)
     fixes = _choices(result, names["fix"], where)
-    label_fix = None
+    correct = None
     if fixes and LABEL_OK not in _choices(result, names["check"], where):
         if len(set(fixes)) > 1:
             raise ValueError(f"{where}: several correct labels chosen: {fixes}")
-        if fixes[0] not in classes:
-            raise ValueError(f"{where}: correct label {fixes[0]!r} is not one of the classes {list(classes)}")
-        label_fix = list(classes).index(fixes[0])
-    skip = bool(_choices(result, names["skip"], where))
-    return AnnotationFeedback(cells=cells, label_fix=label_fix, skip=skip)
+        correct = fixes[0]
+    return AnnotationChoices(correct_label=correct, skip=bool(_choices(result, names["skip"], where)))
 
 
 def combine_cells(cells_list: Sequence[np.ndarray], *, mode: str = "union") -> np.ndarray:

@@ -5,7 +5,7 @@ POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
 GET /versions        {"versions": [...]}
-GET /metrics         counters and the training job's state
+GET /metrics         Prometheus text: rounds trained, queue depth, last accuracy, training running, /predict latency
 
 Every error is JSON ``{"error": message}`` with a 4xx/5xx status; the server stays up.
 """
@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ls_backend.config import BackendConfig
 from ls_backend.jobs import ANNOTATION_EVENTS, TrainingJob
+from ls_backend.metrics import BackendMetrics
 from ls_backend.model import BackendError, SaliencyModel
 
 
@@ -36,10 +37,12 @@ def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
     app = Flask("ls_backend")
     app.json = StrictJSON(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes  # larger bodies: 413, before any parsing
-    app.extensions["hitl"] = {"model": model, "job": job, "config": config, "started": time.time()}
+    metrics = BackendMetrics(model, job)
+    app.extensions["hitl"] = {"model": model, "job": job, "config": config, "metrics": metrics,
+                              "started": time.time()}  # fmt: skip
     _install_auth(app, config)
     _install_errors(app)
-    _install_routes(app, model, job)
+    _install_routes(app, model, job, metrics)
     return app
 
 
@@ -76,7 +79,7 @@ def _project_id(project) -> int | None:
         raise BackendError(f"project must be '<id>.<timestamp>', an id or an object with 'id', got {project!r}", 400)
 
 
-def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
+def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics: BackendMetrics) -> None:
     @app.get("/")
     @app.get("/health")
     def health():
@@ -91,11 +94,12 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
 
     @app.post("/predict")
     def predict():
-        data = _json_body()
-        tasks = data.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise BackendError("'tasks' must be a non-empty list of tasks", 400)
-        return jsonify(results=model.predict(tasks, data.get("label_config")))
+        with metrics.predict_latency.time():
+            data = _json_body()
+            tasks = data.get("tasks")
+            if not isinstance(tasks, list) or not tasks:
+                raise BackendError("'tasks' must be a non-empty list of tasks", 400)
+            return jsonify(results=model.predict(tasks, data.get("label_config")))
 
     @app.post("/webhook")
     def webhook():
@@ -116,9 +120,9 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
         return jsonify(versions=model.versions())
 
     @app.get("/metrics")
-    def metrics():
-        return jsonify(model_version=model.latest_version(), predicted_tasks=model.predicted_tasks,
-                       uptime_s=time.time() - app.extensions["hitl"]["started"], training=job.status())  # fmt: skip
+    def prometheus_metrics():
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
 
 def _install_errors(app: Flask) -> None:

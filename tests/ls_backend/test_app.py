@@ -151,7 +151,7 @@ def test_model_dir_that_is_not_a_run_is_named(tmp_path):
         create_app(BackendConfig(model_dir=tmp_path / "nothing"))
 
 
-# ---------------------------------------------------------------- health, setup, versions, metrics
+# ---------------------------------------------------------------- health, setup, versions (metrics: test_metrics.py)
 def test_health_and_root(client, run):
     for path in ("/health", "/"):
         body = client.get(path).json
@@ -182,13 +182,10 @@ def test_setup_rejects(client, body, status, message):
     assert client.get("/health").status_code == 200  # still up
 
 
-def test_versions_and_metrics(client, run):
+def test_versions(client, run):
     save_round(run, 1, seed=1)
     assert client.get("/versions").json == {"versions": [run.model_version(0), run.model_version(1)]}
-    client.post("/predict", json=predict_body(digit_uri(0), digit_uri(1)))
-    metrics = client.get("/metrics").json
-    assert metrics["predicted_tasks"] == 2 and metrics["model_version"] == run.model_version(1)
-    assert metrics["training"]["state"] == "idle"
+    assert client.get("/health").json["model_version"] == run.model_version(1)
 
 
 # ---------------------------------------------------------------- predict
@@ -394,7 +391,7 @@ def test_annotation_webhook_counts(run):
     for action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"):
         resp = client.post("/webhook", json={"action": action, "project": {"id": 1}, "annotation": {"id": 1}})
         assert resp.status_code == 201 and resp.json["status"] == "counted"
-    training = client.get("/metrics").json["training"]
+    training = client.get("/health").json["training"]
     assert training["annotation_events"] == 3 and training["state"] == "idle" and training["rounds"] == 0
 
 
@@ -448,7 +445,7 @@ def test_basic_auth(run, auth, status):
     headers = {}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    for path in ("/health", "/versions"):
+    for path in ("/health", "/versions", "/metrics"):
         assert client.get(path, headers=headers).status_code == status
 
 
@@ -544,6 +541,7 @@ def test_without_credentials_only_this_machine_is_answered(run, remote, allow, s
     _, client = make_client(run, allow_unauthenticated=allow)
     resp = client.get("/health", environ_base={"REMOTE_ADDR": remote})
     assert resp.status_code == status
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": remote}).status_code == status
     if status == 403:
         assert "BASIC_AUTH_USER" in resp.json["error"]
         webhook = client.post("/webhook", json={"action": "START_TRAINING", "project": 1},

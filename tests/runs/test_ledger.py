@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from label_config.grid import Grid
-from trainer.runs.ledger import SCHEMA_VERSION, Ledger, pack_cells, unpack_cells, utc_timestamp
+from trainer.runs.ledger import (
+    SCHEMA_VERSION,
+    Ledger,
+    pack_cells,
+    unpack_cells,
+    utc_timestamp,
+)
 
 GRID = Grid(28, 28, 4, 4)
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -106,6 +112,26 @@ def test_record_pushed_twice_records_once(ledger):
         (11, 1, 0), (12, 2, 0), (13, 3, 0), (21, 1, 1)]
     assert ledger.pushed_sample_ids(7, round=0) == {1, 2, 3}
     assert ledger.pushed_tasks(8) == []
+
+
+def test_pushed_tasks_of_every_project_and_round(ledger):
+    ledger.record_pushed(7, 0, [(11, 1)])
+    ledger.record_pushed(8, 1, [(21, 2)])
+    assert [(t.project_id, t.task_id) for t in ledger.pushed_tasks(None)] == [(7, 11), (8, 21)]
+    assert [t.task_id for t in ledger.pushed_tasks(None, round=1)] == [21]
+
+
+def test_annotations_read_back_what_counts(ledger):
+    add(ledger, 1, 0, cells_at((0, 0)), annotator=3, project_id=7)
+    add(ledger, 2, 1, was_cancelled=True, annotator=3, project_id=7)
+    add(ledger, 3, 2, label_fix=4, skip=True, project_id=8)
+    add(ledger, 4, 3, project_id=7)
+    ledger.mark_deleted([4])
+    rows = ledger.annotations(7)
+    assert [(a.annotation_id, a.task_id, a.annotator, a.has_cells, a.was_cancelled) for a in rows] == [
+        (1, 100, 3, True, False), (2, 101, 3, False, True)]
+    (other,) = [a for a in ledger.annotations() if a.project_id == 8]
+    assert (other.label_fix, other.skip, other.updated_at) == (4, True, utc_timestamp(T0))
 
 
 @pytest.mark.parametrize("minutes, replaced", [(5, True), (0, False), (-5, False)])

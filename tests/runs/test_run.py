@@ -157,3 +157,16 @@ def test_twin_trains_the_same_rounds_without_feedback(tmp_path, one_torch_thread
     assert run.twin().directory == twin.directory  # reopened, not recreated
     with pytest.raises(ValueError, match="itself the no-feedback twin"):
         twin.twin()
+
+
+def test_training_pid_names_the_process_holding_the_lock(tmp_path):
+    run = Run.create(tmp_path / "r", RunConfig())
+    assert run.training_pid() is None  # no lock file yet
+    with run.exclusive():
+        assert run.training_pid() == os.getpid()
+        with pytest.raises(RunBusy):  # the probe did not take the lock away from its holder
+            with run.exclusive():
+                pass
+    assert run.training_pid() is None
+    with run.exclusive():  # nor did it keep the lock
+        pass

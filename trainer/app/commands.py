@@ -1,6 +1,6 @@
-"""The run commands: ``hitl init`` and ``hitl train`` (a run directory and its next round), and ``hitl push``,
+"""The run commands: ``hitl init`` and ``hitl train`` (a run directory and its next round), ``hitl push``,
 ``hitl pull`` and ``hitl run`` (the loop against your Label Studio, from LABEL_STUDIO_URL /
-LABEL_STUDIO_API_KEY)."""
+LABEL_STUDIO_API_KEY), and ``hitl status`` (where a run stands)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.core.checks import check_choice
+from trainer.app.status import RunStatus, gather
+from trainer.core.checks import check_choice, check_int
 from trainer.data.files import write_folder
 from trainer.data.registry import DATASETS, load_dataset, native_shape
 from trainer.labelstudio.annotator import SIMULATED_KINDS
@@ -153,6 +154,15 @@ def _register_label_studio(sub) -> None:
                         "(compare them with `hitl compare RUN RUN-twin`)")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("status", help="per round: tasks pushed, annotated, skipped, pending; annotators; budget")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="feedback rounds planned (`hitl run --rounds`), for the budget (default: rounds pushed)")
+    p.add_argument("--backend-url", default=None,
+                   help="the ML backend whose /health gives model_version (default: the project's connected one)")
+    p.set_defaults(func=_status)
+
 
 def _link_args(p) -> None:
     p.add_argument("run_dir", type=Path)
@@ -176,14 +186,15 @@ def _open(args, *, linking: bool = True):
 
 def _push(args) -> int:
     run, client, link = _open(args)
-    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri)
+    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri,
+                    progress=True)
     print(f"round {run.current_round()}: {len(task_ids)} tasks in {link.url}/projects/{link.project_id}")
     return 0
 
 
 def _pull(args) -> int:
     run, client, link = _open(args, linking=False)
-    report = pull(run, client, link.project_id, mode=args.mode)
+    report = pull(run, client, link.project_id, mode=args.mode, progress=True)
     print(f"pulled {report.summary()}; {len(report.feedback.annotated_ids())} images with a mask W")
     for error in report.errors:
         print(f"  skipped a bad annotation: {error}", file=sys.stderr)
@@ -208,3 +219,50 @@ def _run(args) -> int:
         print(f"no-feedback twin: {twin.directory} (round {twin.current_round()}); "
               f"compare: hitl compare {args.run_dir} {twin.directory}")
     return 0
+
+
+def _status(args) -> int:
+    if args.rounds is not None:
+        check_int(args.rounds, "--rounds", minimum=1)
+    status = gather(Run.open(args.run_dir), backend_url=args.backend_url, budget_rounds=args.rounds)
+    print(json.dumps(status.to_dict(), indent=2) if args.json else render_status(status))
+    return 0
+
+
+def render_status(s: RunStatus) -> str:
+    """The status as plain-text tables (times in seconds)."""
+    ls = s.label_studio
+    lines = [f"run {s.run}: newest model_version {s.model_version or '- (round 0 not trained)'}; training now: "
+             + (f"yes (pid {s.training_pid})" if s.training else "no")]
+    if ls.reachable:
+        lines.append(f"Label Studio: {ls.url}/projects/{ls.project_id} (live counts; {ls.not_pulled} annotations "
+                     f"not pulled yet)")
+    else:
+        lines.append(f"Label Studio: {ls.message}")
+    head = ("round", "pushed", "annotated", "skipped", "pending", "label fixes", "model_version", "acc")
+    rows = [(r.round, r.pushed, r.annotated, r.skipped, r.pending, r.label_corrections, r.model_version or "-",
+             "-" if r.acc is None else f"{r.acc:.3f}") for r in s.rounds]  # fmt: skip
+    totals = [sum(r[i] for r in rows) for i in range(1, 6)]
+    lines += _table(head, rows + [("total", *totals, "", "")])
+    if s.annotators:
+        rows = [(f"{a.name or 'user'} ({a.annotator})" if a.annotator is not None else "unknown", a.annotations,
+                 a.skipped, a.label_corrections, "-" if a.median_lead_time_s is None else f"{a.median_lead_time_s:.1f} s")
+                for a in s.annotators]  # fmt: skip
+        lines += _table(("annotator", "answers", "skipped", "label fixes", "median time"), rows)
+    else:
+        lines.append("annotators: no answers yet")
+    b = s.budget
+    lines.append(f"budget: {b.annotated_images} of {b.images} images annotated ({b.spent:.0%}): {b.per_round} per "
+                 f"round x {b.rounds} round{'s' if b.rounds != 1 else ''}")
+    if s.backend is not None:
+        k = s.backend
+        lines.append(f"backend {k.url}: " + (k.error or f"model_version {k.model_version}, training {k.training}"))
+    return "\n".join(lines)
+
+
+def _table(head: tuple, rows: list[tuple]) -> list[str]:
+    """Left-aligned first column, the others right-aligned, each as wide as its widest cell."""
+    cells = [tuple(str(c) for c in row) for row in [head, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells]

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from label_config.grid import Grid
 from trainer.core.checks import check_choice, check_int, check_share
 from trainer.core.feedback import Feedback
 from trainer.core.loss import auto_lambda, rrr_penalty
 from trainer.core.models import PRECISIONS, autocast
+from trainer.core.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ class Parallel:
         """The sum of ``t`` over processes (here: ``t``)."""
         return t
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device) -> tuple[float, float]:
-        return evaluate(model, dataset, device=device)
+    def evaluate(self, model: nn.Module, dataset: Dataset, device, *, progress: bool = False) -> tuple[float, float]:
+        return evaluate(model, dataset, device=device, progress=progress)
 
 
 def train_round(
@@ -178,7 +178,7 @@ def train_round(
     step = 0
     probs = None
     result = RoundResult(lam=cfg.lam)
-    for epoch in _maybe_tqdm(range(cfg.epochs), progress, "epochs"):
+    for epoch in progress_bar(range(cfg.epochs), enabled=progress, desc="epochs", leave=False):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         net.train()
@@ -227,7 +227,8 @@ def train_round(
         if probs is not None:
             result.train_probs = probs.cpu()
         if val_set is not None:
-            result.epochs[-1].val_acc, result.epochs[-1].val_loss = parallel.evaluate(model, val_set, device)
+            scores = parallel.evaluate(model, val_set, device, progress=progress)
+            result.epochs[-1].val_acc, result.epochs[-1].val_loss = scores
     return result
 
 
@@ -305,12 +306,14 @@ def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.rando
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy in 0-1, mean cross-entropy) on a dataset."""
+def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: int = 512,
+             progress: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(accuracy in 0-1, mean cross-entropy) on a dataset; ``progress``: a bar over its batches."""
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y, _ in DataLoader(dataset, batch_size=batch_size):
+    batches = DataLoader(dataset, batch_size=batch_size)
+    for x, y, _ in progress_bar(batches, enabled=progress, desc="evaluate", unit="batch", leave=False):
         x, y = x.to(device), torch.as_tensor(y).to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -318,7 +321,3 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device="cpu", batch_size: in
         n += len(y)
     model.train(was_training)
     return correct / max(1, n), loss_sum / max(1, n)
-
-
-def _maybe_tqdm(it, enabled: bool, desc: str):
-    return tqdm(it, desc=desc, leave=False) if enabled else it

@@ -34,12 +34,14 @@ def attribute(
     ig_steps: int = 32,
     batch_size: int = 16,
     gradcam_layer: nn.Module | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Saliency of ``target`` for each image: (N, H, W) float32 on CPU, non-negative, detached.
 
     images: (N, C, H, W), moved to the model's device batch by batch. target: class index, int or (N,).
     baselines: None (zeros), a number, (C, H, W) or (N, C, H, W); used by deeplift and integrated_gradients.
     gradcam_layer: the layer Grad-CAM reads; by default the model's last ``nn.Conv2d``.
+    progress: called with the number of images of each batch once it is explained (for a progress bar).
     The model runs in eval mode; every submodule gets its previous mode back afterwards. Not thread-safe:
     do not attribute while another thread trains the same model object.
     """
@@ -70,6 +72,8 @@ def attribute(
             if method == "integrated_gradients":
                 kwargs.update(n_steps=ig_steps, internal_batch_size=batch_size)
             maps.append(_to_map(explain(x, kwargs), images.shape[-2:]))
+            if progress is not None:
+                progress(stop - start)
     return torch.cat(maps)
 
 

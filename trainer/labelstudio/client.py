@@ -9,25 +9,32 @@ when ``connect`` is called.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 from label_studio_sdk.client import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 from label_config.names import SAMPLE_ID_KEY
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 STORAGE_TITLE = "hitl-images"
 TITLE_LENGTH = (3, 50)  # Label Studio's PROJECT_TITLE_MIN_LEN / _MAX_LEN
+# What SDK calls raise when the server is down, slow or refuses (401, a deleted project): to report, not crash.
+LABEL_STUDIO_ERRORS = (httpx.HTTPError, ApiError, OSError)
 
 
 @dataclass(frozen=True)
 class AnnotationRecord:
     """One annotation as Label Studio holds it. ``sample_id`` is None for tasks without one in their data
-    (tasks someone imported by hand); a cancelled (skipped) annotation has ``was_cancelled`` and no result."""
+    (tasks someone imported by hand); a cancelled (skipped) annotation has ``was_cancelled`` and no result.
+    ``lead_time`` is the seconds the annotator spent on the task, as the labelling page reports it (None when
+    the annotation was made without one, e.g. through the API)."""
 
     project_id: int
     task_id: int
@@ -38,6 +45,7 @@ class AnnotationRecord:
     was_cancelled: bool
     completed_by: int | None
     ground_truth: bool
+    lead_time: float | None = None
 
 
 def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0) -> LabelStudio:
@@ -101,8 +109,10 @@ def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.Pa
     return storage.id
 
 
-def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100) -> list[int]:
-    """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order."""
+def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100,
+                 progress: Callable[[int], None] | None = None) -> list[int]:  # fmt: skip
+    """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order.
+    ``progress`` is called with the number of tasks of each batch once it is imported."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     task_ids: list[int] = []
@@ -113,6 +123,8 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, bat
         if len(ids) != len(batch):
             raise RuntimeError(f"Label Studio returned {len(ids)} task ids for a batch of {len(batch)} tasks")
         task_ids.extend(ids)
+        if progress is not None:
+            progress(len(ids))
     return task_ids
 
 
@@ -123,26 +135,40 @@ def list_task_data(client: LabelStudio, project_id: int, *, page_size: int = 100
 
 
 def fetch_annotations(client: LabelStudio, project_id: int, *, sample_key: str = SAMPLE_ID_KEY,
-                      page_size: int = 1000) -> list[AnnotationRecord]:
+                      page_size: int = 1000, progress: Callable[[int, int], None] | None = None,
+                      ) -> list[AnnotationRecord]:  # fmt: skip
     """Every submitted annotation of the project, ordered by task then annotation id.
 
     Pages through all tasks and keeps the annotations themselves: predictions and drafts are not
     annotations. ``tasks.list(only_annotated=True)`` is not used, as Label Studio 1.23 returns
     unannotated tasks with it too. Cancelled (skipped) annotations come back with ``was_cancelled``
-    set and their result dropped, so the caller records them as skips.
+    set and their result dropped, so the caller records them as skips. ``progress(tasks read, tasks in the
+    project)`` is called after each task (for a progress bar).
     """
-    _check_project(client, project_id)
+    total = getattr(_check_project(client, project_id), "task_number", None) or 0
     records = []
-    for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
+    for done, task in enumerate(client.tasks.list(project=project_id, fields="all", page_size=page_size), 1):
         sample_id = _sample_id(task.data or {}, sample_key, task.id)
         for ann in task.annotations or []:
             records.append(_record(project_id, task.id, sample_id, ann))
+        if progress is not None:
+            progress(done, max(total, done))
     return sorted(records, key=lambda r: (r.task_id, r.annotation_id))
 
 
-def _check_project(client: LabelStudio, project_id: int) -> None:
+def _check_project(client: LabelStudio, project_id: int):
     # The SDK's pager ends quietly on any 404, so make sure the project is there before paging.
-    client.projects.get(id=project_id)
+    return client.projects.get(id=project_id)
+
+
+def ml_backend_urls(client: LabelStudio, project_id: int) -> list[str]:
+    """The URLs of the ML backends connected to the project (Settings -> Model), oldest first."""
+    return [ml.url.rstrip("/") for ml in sorted(client.ml.list(project=project_id), key=lambda m: m.id) if ml.url]
+
+
+def user_emails(client: LabelStudio) -> dict[int, str]:
+    """User id -> e-mail of every user on the server (to name annotators)."""
+    return {u.id: u.email for u in client.users.list() if u.id is not None and u.email}
 
 
 def _sample_id(data: dict, key: str, task_id: int) -> int | None:
@@ -170,6 +196,7 @@ def _record(project_id: int, task_id: int, sample_id: int | None, ann: Any) -> A
         was_cancelled=cancelled,
         completed_by=_user_id(ann.get("completed_by")),
         ground_truth=bool(ann.get("ground_truth")),
+        lead_time=None if ann.get("lead_time") is None else float(ann["lead_time"]),
     )
 
 
@@ -179,11 +206,13 @@ def _user_id(user: Any) -> int | None:
 
 
 def annotate_as_browser(client: LabelStudio, task_id: int, result: list[dict], *,
-                        was_cancelled: bool = False, ground_truth: bool = False) -> int:
+                        was_cancelled: bool = False, ground_truth: bool = False, lead_time: float | None = None) -> int:
     """Submit an annotation through the REST API, as the labelling page does; its id.
 
-    ``was_cancelled=True`` is the "Skip" button (send ``result=[]``).
+    ``was_cancelled=True`` is the "Skip" button (send ``result=[]``); ``lead_time``: seconds spent on the task,
+    which the labelling page sends.
     """
+    extra = {} if lead_time is None else {"lead_time": float(lead_time)}
     annotation = client.annotations.create(id=task_id, result=result, was_cancelled=was_cancelled,
-                                           ground_truth=ground_truth)
+                                           ground_truth=ground_truth, **extra)
     return annotation.id

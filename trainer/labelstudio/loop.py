@@ -66,7 +66,7 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
         trained.append(_train(run, None, progress, log))
     while (r := run.current_round()) < rounds:
         task_ids = push(run, client, link.project_id, round=r, document_root=link.document_root,
-                        data_uri=link.data_uri)
+                        data_uri=link.data_uri, progress=progress)
         log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({link.url}/projects/{link.project_id})")
         _train_twin(twin, r, progress, log)
         if simulate:
@@ -76,7 +76,7 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
             wait_for_annotations(client, link.project_id, task_ids, min_annotations=min_annotations,
                                  deadline_s=None if deadline_minutes is None else 60.0 * deadline_minutes,
                                  poll_s=poll_seconds, progress=progress, desc=f"round {r} annotated")
-        report = pull(run, client, link.project_id, mode=mode)
+        report = pull(run, client, link.project_id, mode=mode, progress=progress)
         log(f"round {r}: pulled {report.summary()}")
         for error in report.errors:
             log(f"  skipped a bad annotation: {error}")

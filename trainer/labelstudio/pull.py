@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from label_config.rasterise import parse_annotation, regions_without_cells
 from trainer.core.checks import check_choice
 from trainer.core.feedback import Feedback
+from trainer.core.progress import progress_bar
 from trainer.labelstudio.client import AnnotationRecord, fetch_annotations
 from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
@@ -45,13 +46,16 @@ class PullReport:
                 f"({self.invalidated} of them valid before), {len(self.warnings)} warnings")
 
 
-def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullReport:
+def pull(run: Run, client, project_id: int, *, mode: str = "union", progress: bool = False) -> PullReport:
     """Bring the project's annotations into ``run.ledger``; the report carries the resulting feedback.
 
-    mode: how several annotators of one image combine into W (``union`` or ``majority``).
+    mode: how several annotators of one image combine into W (``union`` or ``majority``). progress: a bar over
+    the project's tasks as they are read (on a terminal only).
     """
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
-    records = fetch_annotations(client, project_id)  # network first: the ledger lock is held briefly
+    with progress_bar(enabled=progress, desc="pull", unit="task") as bar:
+        # network first: the ledger lock is held briefly
+        records = fetch_annotations(client, project_id, progress=lambda done, total: _advance(bar, done, total))
     ledger = run.ledger
     counts = dict(new=0, updated=0, unchanged=0, skipped=0, ignored=0, invalidated=0)
     errors: list[str] = []
@@ -74,6 +78,11 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullRepor
         deleted = ledger.mark_deleted(sorted(ledger.live_annotation_ids(project_id) - seen))
     feedback = ledger.feedback(run.grid, mode)
     return PullReport(**counts, deleted=deleted, errors=tuple(errors), warnings=tuple(warnings), feedback=feedback)
+
+
+def _advance(bar, done: int, total: int) -> None:
+    bar.total = total
+    bar.update(done - bar.n)
 
 
 def _region_kinds(record: AnnotationRecord) -> list[str]:

@@ -36,6 +36,7 @@ from label_config.names import (
     SAMPLE_ID_KEY,
 )
 from trainer.core.checks import check_int
+from trainer.core.progress import progress_bar
 from trainer.core.sampling import predict_probs
 from trainer.explain.attribute import attribute, cell_scores, top_cells
 from trainer.explain.overlay import image_to_pil, overlay_image
@@ -61,13 +62,14 @@ def label_config_for(run: Run) -> str:
 
 
 def push(run: Run, client, project_id: int, *, round: int | None = None, n: int | None = None,
-         document_root: str | os.PathLike | None = None, data_uri: bool = False) -> list[int]:
+         document_root: str | os.PathLike | None = None, data_uri: bool = False, progress: bool = False) -> list[int]:
     """Push ``n`` images for ``round`` (default: the newest checkpoint's) to a project; the round's task ids.
 
     The round's checkpoint picks the images (``run.choose_samples``), never one pushed to this project
     in another round. Images already pushed for this round are not imported again, so a second call, or
     one after a crash, only completes what is missing. ``document_root`` is Label Studio's
-    ``LOCAL_FILES_DOCUMENT_ROOT``; it may be None only with ``data_uri=True``.
+    ``LOCAL_FILES_DOCUMENT_ROOT``; it may be None only with ``data_uri=True``. ``progress``: bars for the
+    saliency and the import (on a terminal only).
     """
     n = check_int(run.config.sampling.per_round if n is None else n, "n", minimum=1)
     if document_root is None and not data_uri:
@@ -81,8 +83,9 @@ def push(run: Run, client, project_id: int, *, round: int | None = None, n: int 
         todo = [s for s in run.choose_samples(model, round, n, exclude=others) if s not in done]
         if todo:
             tasks = build_tasks(run, model, round, todo, project_id=project_id, client=client,
-                                document_root=document_root, data_uri=data_uri)
-            task_ids = import_tasks(client, project_id, tasks)
+                                document_root=document_root, data_uri=data_uri, progress=progress)
+            with progress_bar(enabled=progress, total=len(tasks), desc="push", unit="task") as bar:
+                task_ids = import_tasks(client, project_id, tasks, progress=bar.update)
             ledger.record_pushed(project_id, round, zip(task_ids, todo))
     ledger.record_round(round, run.model_version(round))
     return [t.task_id for t in ledger.pushed_tasks(project_id, round)]
@@ -118,14 +121,15 @@ def reconcile(run, client, project_id: int) -> int:
 
 
 def build_tasks(run, model, round: int, sample_ids: list[int], *, project_id: int, client=None,
-                document_root=None, data_uri: bool = False) -> list[dict]:
+                document_root=None, data_uri: bool = False, progress: bool = False) -> list[dict]:
     """Label Studio tasks (data + one prediction) for ``sample_ids``, their pictures written or inlined."""
     train, _ = run.datasets
     grid, classes, px = run.grid, run.classes, display_px(run.grid)
     images = torch.stack([train[s][0] for s in sample_ids])  # (N, C, H, W)
     probs = predict_probs(model, images, device=run.config.train.device)  # (N, K)
     preds = probs.argmax(dim=1)
-    saliency = attribute(model, images, preds, method=run.config.saliency)  # (N, H, W)
+    with progress_bar(enabled=progress, total=len(sample_ids), desc="saliency", unit="image") as bar:
+        saliency = attribute(model, images, preds, method=run.config.saliency, progress=bar.update)  # (N, H, W)
     scores = cell_scores(saliency, grid)  # (N, G_h, G_w)
     folder = None
     if not data_uri:

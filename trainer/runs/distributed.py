@@ -119,11 +119,12 @@ class DdpParallel(Parallel):
         dist.all_reduce(t)
         return t
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device) -> tuple[float, float]:
+    def evaluate(self, model: nn.Module, dataset: Dataset, device, *, progress: bool = False) -> tuple[float, float]:
         """(accuracy, mean CE) over the whole set, each rank scoring every R-th image with the unwrapped model
-        (no DDP forward, so ranks may run different numbers of batches)."""
+        (no DDP forward, so ranks may run different numbers of batches); rank 0 shows the bar."""
         part = Subset(dataset, range(self.env.rank, len(dataset), self.env.world_size))
-        acc, loss = evaluate(model, part, device=device) if len(part) else (0.0, 0.0)
+        shown = progress and self.env.rank == 0
+        acc, loss = evaluate(model, part, device=device, progress=shown) if len(part) else (0.0, 0.0)
         n = float(len(part))
         t = self.all_reduce(torch.tensor([acc * n, loss * n, n], dtype=torch.float64, device=device)).tolist()
         return t[0] / max(1.0, t[2]), t[1] / max(1.0, t[2])

@@ -75,6 +75,23 @@ class Question:
     label_fix: bool
 
 
+@dataclass(frozen=True)
+class LedgerAnnotation:
+    """One consumed annotation as the ledger holds it (cells left packed: counting needs none of them).
+    ``updated_at`` is Label Studio's, as ``utc_timestamp`` writes it; ``annotator`` is its user id."""
+
+    annotation_id: int
+    project_id: int | None
+    task_id: int
+    sample_id: int
+    updated_at: str
+    annotator: int | None
+    has_cells: bool
+    label_fix: int | None
+    skip: bool
+    was_cancelled: bool
+
+
 def utc_timestamp(value: datetime | str | None = None) -> str:
     """ISO 8601 UTC with microseconds (``2024-01-02T03:04:05.000006Z``): sorts as text, as in SQL."""
     if value is None:
@@ -199,10 +216,11 @@ class Ledger:
             )
             return db.total_changes - before
 
-    def pushed_tasks(self, project_id: int, round: int | None = None) -> list[PushedTask]:
-        sql = "SELECT * FROM pushed_tasks WHERE project_id=?" + (" AND round=?" if round is not None else "")
-        args = (project_id,) if round is None else (project_id, round)
-        return [PushedTask(*r) for r in self._query(sql + " ORDER BY task_id", args)]
+    def pushed_tasks(self, project_id: int | None, round: int | None = None) -> list[PushedTask]:
+        """The tasks pushed to ``project_id`` (None: to any project), in ``round`` (None: any round)."""
+        where = [(c, v) for c, v in (("project_id", project_id), ("round", round)) if v is not None]
+        sql = "SELECT * FROM pushed_tasks" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
+        return [PushedTask(*r) for r in self._query(sql + " ORDER BY task_id", tuple(v for _, v in where))]
 
     def pushed_sample_ids(self, project_id: int, round: int | None = None) -> set[int]:
         return {t.sample_id for t in self.pushed_tasks(project_id, round)}
@@ -260,6 +278,14 @@ class Ledger:
     def consumed_annotation_ids(self, *, include_deleted: bool = False) -> set[int]:
         sql = "SELECT annotation_id FROM annotations" + ("" if include_deleted else " WHERE deleted=0")
         return {r[0] for r in self._query(sql)}
+
+    def annotations(self, project_id: int | None = None) -> list[LedgerAnnotation]:
+        """The live consumed annotations (of ``project_id``, or of every project), by annotation id."""
+        sql = ("SELECT annotation_id, project_id, task_id, sample_id, updated_at, annotator, cells IS NOT NULL,"
+               " label_fix, skip, was_cancelled FROM annotations WHERE deleted=0"
+               + ("" if project_id is None else " AND project_id=?") + " ORDER BY annotation_id")
+        rows = self._query(sql, () if project_id is None else (int(project_id),))
+        return [LedgerAnnotation(*r[:6], bool(r[6]), r[7], bool(r[8]), bool(r[9])) for r in rows]
 
     def annotation_versions(self) -> dict[int, str]:
         """annotation id -> stored ``updated_at`` (live annotations only): what a pull can skip."""

@@ -213,6 +213,22 @@ class Run:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def training_pid(self) -> int | None:
+        """The id of the process training a round of this run now (holding ``RUN/train.lock``), else None;
+        0 when the holder wrote no id. Takes the lock for an instant if it is free (flock has no query), so a
+        trainer starting in that instant gets RunBusy."""
+        path = self.directory / LOCK_FILE
+        if not path.is_file():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip()
+                return int(holder) if holder.isdigit() else 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+
     def train_next_round(self, feedback: Feedback | None = None, *, progress: bool = False) -> dict:
         """Train the next round from the newest checkpoint, holding the run's lock; save its checkpoint and
         history entry."""

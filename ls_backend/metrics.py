@@ -1,0 +1,76 @@
+"""``GET /metrics`` in Prometheus' text format: the run's progress, the training job and /predict latency.
+
+Each app owns a ``CollectorRegistry`` (never the process-wide default), so several apps in one process, as in
+the tests, keep apart. The run's and the job's state is read when Prometheus scrapes (a collector), so it is
+never stale; only the /predict latency is recorded as requests happen. Times in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+
+from ls_backend.jobs import TrainingJob
+from ls_backend.model import SaliencyModel
+
+# /predict on a CPU runs from tens of ms (a small CNN) to seconds (ResNet-18 at 224 px, DeepLIFT, 8 tasks).
+PREDICT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class BackendMetrics:
+    """The registry of one backend app and the /predict latency histogram it observes."""
+
+    def __init__(self, model: SaliencyModel, job: TrainingJob) -> None:
+        self.registry = CollectorRegistry()
+        self.predict_latency = Histogram(
+            "hitl_predict_latency_seconds", "Time to answer one /predict request (errors included)",
+            buckets=PREDICT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_RunCollector(model, job))
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """(body, content type) of a scrape: OpenMetrics when the scraper's ``Accept`` asks for it, else
+        Prometheus' plain text format."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class _RunCollector:
+    """The run's and the training job's state, read at scrape time."""
+
+    def __init__(self, model: SaliencyModel, job: TrainingJob) -> None:
+        self.model, self.job = model, job
+
+    def collect(self) -> Iterator[Metric]:
+        run, status = self.model.run, self.job.status()
+        yield _gauge("hitl_rounds_trained", "Rounds the run has trained (its checkpoints)", run.current_round() + 1)
+        yield _gauge("hitl_training_queue_depth", "Follow-up training rounds queued behind the running one",
+                     status["queued_rounds"])  # fmt: skip
+        yield _gauge("hitl_training_running", "1 while the backend trains a round, else 0",
+                     int(status["state"] == "running"))  # fmt: skip
+        history = run.history()
+        acc = history[-1].get("acc") if history else None
+        if acc is not None:  # no sample before a round has been evaluated: 0 would read as a real accuracy
+            yield _gauge("hitl_last_accuracy", "Test accuracy (0-1) of the newest trained round", acc)
+        rounds = CounterMetricFamily("hitl_backend_training_rounds", "Rounds this backend process trained")
+        rounds.add_metric([], status["rounds"])
+        yield rounds
+        tasks = CounterMetricFamily("hitl_predicted_tasks", "Tasks this backend process predicted")
+        tasks.add_metric([], self.model.predicted_tasks)
+        yield tasks
+        version = self.model.latest_version()
+        if version is not None:
+            yield InfoMetricFamily("hitl_model", "The newest checkpoint's model_version",
+                                   value={"model_version": version})  # fmt: skip
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
