@@ -11,6 +11,7 @@ import sys
 from importlib.metadata import entry_points
 
 from trainer.app import bench, bench_predict, commands, demo, experiment
+from trainer.labelstudio.retry import LabelStudioUnavailable
 from trainer.runs.run import RunBusy
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RunBusy) as exc:
+    except (ValueError, FileNotFoundError, RunBusy, LabelStudioUnavailable) as exc:
         print(f"hitl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ from label_config.rasterise import parse_annotation, regions_without_cells
 from trainer.core.checks import check_choice
 from trainer.core.feedback import Feedback
 from trainer.labelstudio.client import AnnotationRecord, fetch_annotations
+from trainer.labelstudio.retry import activity
 from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
 
@@ -51,7 +52,8 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union") -> PullRepor
     mode: how several annotators of one image combine into W (``union`` or ``majority``).
     """
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
-    records = fetch_annotations(client, project_id)  # network first: the ledger lock is held briefly
+    with activity(f"pull of project {project_id}'s annotations"):
+        records = fetch_annotations(client, project_id)  # network first: the ledger lock is held briefly
     ledger = run.ledger
     counts = dict(new=0, updated=0, unchanged=0, skipped=0, ignored=0, invalidated=0)
     errors: list[str] = []
