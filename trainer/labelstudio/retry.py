@@ -10,7 +10,7 @@ when trying again cannot do the work twice:
   POST such as a task import may have been carried out. A push that fails that way is made whole by the next
   push, which reconciles the project's tasks with the ledger.
 
-Every other answer, 4xx included, goes back to the SDK at once. When the tries run out, or a failure may not
+Every other answer, 4xx included, goes back to the SDK at once, without its ``Set-Cookie`` header. When the tries run out, or a failure may not
 be retried, ``LabelStudioUnavailable`` names the server, the request and, if the caller said so with
 ``activity``, what was being done.
 """
@@ -89,6 +89,9 @@ class RetryTransport(httpx.BaseTransport):
                 status = response.status_code
                 retry = status in REFUSED_STATUSES or (status in GATEWAY_STATUSES and request.method in IDEMPOTENT)
                 if not (retry or status in GATEWAY_STATUSES):
+                    # Label Studio answers a token with a 14-day session cookie; the client never needs it, and
+                    # the SDK's errors print every response header (seen in the backend's /health).
+                    response.headers.pop("set-cookie", None)
                     return response
                 response.close()
                 failure, cause = f"HTTP {status}", None
