@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ls_backend.bench import add_parser as add_bench_serve_parser
+
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``serve`` on an argparse subparsers object; the command runs ``serve(args)``."""
@@ -45,5 +47,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register(sub, bench) -> None:
-    """What ``trainer.app.cli`` calls through the ``hitl.commands`` entry point: ``hitl serve``."""
+    """What ``trainer.app.cli`` calls through the ``hitl.commands`` entry point: ``hitl serve`` and
+    ``hitl bench serve``."""
     add_serve_parser(sub)
+    add_bench_serve_parser(bench)

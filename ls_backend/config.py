@@ -5,6 +5,7 @@ Read when a server starts (``BackendConfig.from_env()``), never at import.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ class BackendConfig:
     when the backend is connected with basic auth); without them the backend answers only requests from this
     machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round after this many
     ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run. image_hosts: hosts other than
-    Label Studio that task images may be fetched from (``IMAGE_HOSTS``, comma-separated; none by default).
+    Label Studio that task images may be fetched from (``IMAGE_HOSTS``, comma-separated; none by default), and
+    image_networks the internal networks they may resolve to (``IMAGE_NETWORKS``, CIDR; only public addresses if none).
     """
 
     model_dir: Path
@@ -36,6 +38,7 @@ class BackendConfig:
     max_image_bytes: int = 50 * 2**20
     max_request_bytes: int = 8 * 2**20  # a /predict of 100 tasks with URLs is a few kB; data URIs need more
     image_hosts: tuple[str, ...] = ()  # hosts besides Label Studio that task images may come from
+    image_networks: tuple[str, ...] = ()  # internal networks (CIDR) those hosts may resolve to; public only if none
     allow_unauthenticated: bool = False  # without credentials, answer other machines too (say so explicitly)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,12 @@ class BackendConfig:
             raise ValueError(f"auto_train_after must be >= 0, got {self.auto_train_after}")
         if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
             raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+        for network in self.image_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError:
+                raise ValueError(f"IMAGE_NETWORKS holds {network!r}, which is not a network such as 10.0.0.0/8 "
+                                 "or fd00::/8") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "BackendConfig":
@@ -69,13 +78,18 @@ class BackendConfig:
             auto_train_after=auto_train_after,
             device=env.get("DEVICE") or "cpu",
             allow_unauthenticated=_flag(env, "ALLOW_UNAUTHENTICATED"),
-            image_hosts=tuple(h.strip() for h in env.get("IMAGE_HOSTS", "").split(",") if h.strip()),
+            image_hosts=_names(env, "IMAGE_HOSTS"),
+            image_networks=_names(env, "IMAGE_NETWORKS"),
         )
 
     @property
     def open_to_others(self) -> bool:
         """Whether machines other than this one may call it: with credentials, or when explicitly allowed."""
         return bool(self.basic_auth_user) or self.allow_unauthenticated
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in env.get(name, "").split(",") if h.strip())
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -4,21 +4,38 @@ Label Studio gives the backend URLs as the task holds them: relative ones (``/da
 ``/data/local-files/?d=images/x.png``) are served by Label Studio and need its API key, so they are
 resolved against ``LABEL_STUDIO_URL`` and fetched with ``Authorization: Token <key>``. The key is sent
 to Label Studio only, never to another host. Every failure is an ``ImageError`` naming the URL.
+
+A host other than Label Studio's must be named in ``IMAGE_HOSTS`` and is then checked again after DNS: every
+address its name resolves to must be public (not loopback, private, link-local, shared, reserved or multicast)
+unless it lies in one of the operator's ``IMAGE_NETWORKS``, and the connection goes to the address that was
+checked, inside the connection itself, so a name that resolves again to another address (DNS rebinding) gains
+nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import ipaddress
+import socket
 import time
 from urllib.parse import unquote_to_bytes, urljoin
 
 import requests
 import urllib3
 from PIL import Image
-from urllib3.exceptions import LocationParseError
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NewConnectionError,
+)
 from urllib3.util import Url, parse_url
+from urllib3.util.connection import create_connection
 
 from trainer.data.view import BadImageError, decode_image
 
@@ -88,6 +105,7 @@ def fetch_image_bytes(
     timeout: float = 10.0,
     max_bytes: int = 50 * 2**20,
     image_hosts: tuple[str, ...] = (),
+    image_networks: tuple[str, ...] = (),
     session: requests.Session | None = None,
 ) -> bytes:
     """The encoded image behind ``url`` (a data URI is decoded in place), within ``timeout`` seconds in all and
@@ -95,13 +113,15 @@ def fetch_image_bytes(
 
     Only Label Studio's origin gets the API key. Any other host must be named in ``image_hosts`` (the operator's
     ``IMAGE_HOSTS``), so neither a decimal or hex spelling of an address nor a redirect can reach an internal
-    service; every redirect hop is checked the same way. Failures to connect all read alike (no port scanning).
+    service; every redirect hop is checked the same way, and after DNS every address of such a host must be public
+    or in ``image_networks`` (CIDR strings, the operator's ``IMAGE_NETWORKS``). Failures to connect all read alike
+    (no port scanning). ``session`` serves Label Studio's own URLs; other hosts go through a pinned session.
     """
     if isinstance(url, str) and url.startswith("data:"):
         return _data_uri_bytes(url, max_bytes)
     deadline = time.monotonic() + timeout
     allowed = {h.lower() for h in image_hosts}
-    http = session or requests
+    pinned = pinned_session(tuple(ipaddress.ip_network(n) for n in image_networks))
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         absolute, ours = resolve_url(current, label_studio_url)
@@ -111,6 +131,7 @@ def fetch_image_bytes(
                              "in IMAGE_HOSTS", 422)  # fmt: skip
         headers = {"Authorization": f"Token {api_key}"} if ours and api_key else {}
         left = deadline - time.monotonic()
+        http = (session or requests) if ours else pinned
         try:
             with http.get(absolute, headers=headers, timeout=(max(0.1, left), max(0.1, left)), stream=True,
                           allow_redirects=False) as resp:  # fmt: skip
@@ -121,9 +142,95 @@ def fetch_image_bytes(
                     hint = " (check LABEL_STUDIO_API_KEY)" if ours and resp.status_code in (401, 403) else ""
                     raise ImageError(f"fetching image {_short(url)!r} gave HTTP {resp.status_code}{hint}", 502)
                 return _read(resp, url, max_bytes, deadline)
+        except _InternalAddress as exc:
+            raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which resolves to {exc.address}, "
+                             f"{exc.kind} address: allow its network in IMAGE_NETWORKS to fetch from it", 422) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"cannot fetch image {_short(url)!r}", 502) from exc
     raise ImageError(f"image URL {_short(url)!r} redirects more than {MAX_REDIRECTS} times", 502)
+
+
+class _InternalAddress(Exception):
+    """Raised inside a connection: the host resolved to an address that is not public nor allowed."""
+
+    def __init__(self, address: str, kind: str) -> None:
+        super().__init__(address)
+        self.address, self.kind = address, kind
+
+
+def _kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What makes an address internal ('a loopback', ...), or None for a public one."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for kind, flag in (("a loopback", address.is_loopback), ("a link-local", address.is_link_local),
+                       ("a multicast", address.is_multicast), ("an unspecified", address.is_unspecified)):
+        if flag:
+            return kind
+    return None if address.is_global else "a private or reserved"
+
+
+def checked_addresses(host: str, port: int, networks: tuple) -> list[str]:
+    """The addresses ``host`` resolves to, once every one of them is public or in ``networks``."""
+    addresses = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)))
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+        kind = _kind(address)
+        if kind is not None and not any(address in network for network in networks):
+            raise _InternalAddress(text, kind)
+    return addresses
+
+
+class _PinnedConnection(HTTPConnection):
+    """Resolves, checks and connects to the checked address in one place; TLS still names the host."""
+
+    networks: tuple = ()
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            addresses = checked_addresses(self._dns_host, self.port, self.networks)
+            for i, address in enumerate(addresses):  # in resolver order, as create_connection would
+                try:
+                    return create_connection((address, self.port), self.timeout, source_address=self.source_address,
+                                             socket_options=self.socket_options)  # fmt: skip
+                except OSError:
+                    if i == len(addresses) - 1:
+                        raise
+            raise OSError(f"{self.host} resolves to no address")
+        except socket.timeout as exc:
+            raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
+        except OSError as exc:  # name resolution included: every failure to connect reads alike
+            raise NewConnectionError(self, f"failed to establish a new connection: {exc}") from exc
+
+
+class _PinnedSecureConnection(_PinnedConnection, HTTPSConnection):
+    pass
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_classes(networks: tuple) -> dict[str, type]:
+    plain = type("Connection", (_PinnedConnection,), {"networks": networks})
+    secure = type("SecureConnection", (_PinnedSecureConnection,), {"networks": networks})
+    return {"http": type("Pool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
+            "https": type("SecurePool", (HTTPSConnectionPool,), {"ConnectionCls": secure})}  # fmt: skip
+
+
+class _PinnedAdapter(HTTPAdapter):
+    def __init__(self, networks: tuple) -> None:
+        self.networks = networks
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.networks)
+
+
+def pinned_session(networks: tuple = ()) -> requests.Session:
+    """A session whose connections go only to public addresses, or to those in ``networks`` (ip_network objects)."""
+    session = requests.Session()
+    adapter = _PinnedAdapter(networks)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _read(resp: requests.Response, url: str, max_bytes: int, deadline: float) -> bytes:

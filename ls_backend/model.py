@@ -159,7 +159,7 @@ class SaliencyModel:
             image = load_task_image(
                 task["data"][key], label_studio_url=self.config.label_studio_url, api_key=self.config.api_key,
                 timeout=self.config.image_timeout, max_bytes=self.config.max_image_bytes,
-                image_hosts=self.config.image_hosts,
+                image_hosts=self.config.image_hosts, image_networks=self.config.image_networks,
             )  # fmt: skip
         except ImageError as exc:
             raise BackendError(f"task {tid}: {exc}", exc.status) from exc

@@ -159,8 +159,8 @@ def test_crash_between_import_and_ledger_does_not_duplicate(linked, monkeypatch)
     run, client, link = linked
     real_import = trainer.labelstudio.push.import_tasks
 
-    def import_then_crash(*args, **kwargs):
-        real_import(*args, **kwargs)
+    def import_then_crash(*args, on_batch, **kwargs):
+        real_import(*args, **kwargs)  # lands in Label Studio; the crash comes before its batch is recorded
         raise SystemExit("crashed before the ledger heard of the import")
 
     monkeypatch.setattr(trainer.labelstudio.push, "import_tasks", import_then_crash)

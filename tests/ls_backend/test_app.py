@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
 import threading
 import time
@@ -19,7 +20,13 @@ from label_config.grid import Grid
 from label_config.names import ANNOTATED, CELL_RECT, PREDICTION_KEY
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
-from ls_backend.images import ImageError, load_task_image, resolve_url, to_data_uri
+from ls_backend.images import (
+    ImageError,
+    _kind,
+    load_task_image,
+    resolve_url,
+    to_data_uri,
+)
 from ls_backend.jobs import TrainingJob
 from trainer.core.loop import TrainConfig
 from trainer.core.models import build_model
@@ -307,7 +314,8 @@ def test_label_studio_urls_get_the_token_other_hosts_do_not(run, file_server):
     files["/data/upload/1/a.png"] = png_bytes(0)
     files["/data/local-files/?d=imgs/b.png"] = png_bytes(1)
     files["/c.png"] = png_bytes(2)
-    _, client = make_client(run, label_studio_url=base, api_key="secret", image_hosts=("localhost",))
+    _, client = make_client(run, label_studio_url=base, api_key="secret", image_hosts=("localhost",),
+                            image_networks=LOOPBACK)  # fmt: skip
     other = base.replace("127.0.0.1", "localhost")  # same server, another origin: must not see the key
     body = predict_body("/data/upload/1/a.png", "/data/local-files/?d=imgs/b.png", f"{other}/c.png")
     resp = client.post("/predict", json=body)
@@ -332,7 +340,7 @@ def test_bad_http_images_are_named(run, file_server, path, payload, status, mess
 
 def test_unreachable_host_is_502():
     with pytest.raises(ImageError, match="cannot fetch image") as info:
-        load_task_image("http://127.0.0.1:9/a.png", timeout=2, image_hosts=("127.0.0.1",))
+        load_task_image("http://127.0.0.1:9/a.png", timeout=2, image_hosts=("127.0.0.1",), image_networks=LOOPBACK)
     assert info.value.status == 502
 
 
@@ -574,6 +582,49 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_credentials(run, mo
 
 
 # ---------------------------------------------------------------- fetching: no server-side request forgery
+LOOPBACK = ("127.0.0.0/8", "::1/128")  # the test servers' network, allowed where a test fetches from them
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_a_named_host_that_resolves_to_an_internal_address_is_refused(host, file_server):
+    """IMAGE_HOSTS names a host; DNS (or /etc/hosts) may still point it at this machine or the cloud's metadata."""
+    base, files, seen = file_server
+    files["/a.png"] = png_bytes(0)
+    url = base.replace("127.0.0.1", host) + "/a.png"
+    with pytest.raises(ImageError, match=rf"host '{host}', which resolves to (127\.0\.0\.1|::1), a loopback "
+                                         r"address: allow its network in IMAGE_NETWORKS") as info:  # fmt: skip
+        load_task_image(url, timeout=2, image_hosts=(host,))
+    assert info.value.status == 422 and not seen  # refused before anything was sent
+    image = load_task_image(url, timeout=2, image_hosts=(host,), image_networks=LOOPBACK)
+    assert image.size == (28, 28) and len(seen) == 1
+
+
+def test_a_redirect_to_an_allowed_name_on_an_internal_address_is_refused(file_server):
+    base, files, seen = file_server
+    files["/a.png"] = png_bytes(0)
+    other = base.replace("127.0.0.1", "localhost")
+    with pytest.raises(ImageError, match="resolves to .* loopback address"):
+        load_task_image(f"/redirect?to={other}/a.png", label_studio_url=base, api_key="k", timeout=2,
+                        image_hosts=("localhost",))  # fmt: skip
+    assert [path for path, _ in seen] == [f"/redirect?to={other}/a.png"]  # Label Studio's own hop only
+
+
+@pytest.mark.parametrize("address, internal", [
+    ("127.0.0.1", True), ("10.1.2.3", True), ("172.16.0.1", True), ("192.168.1.1", True), ("169.254.169.254", True),
+    ("100.64.0.1", True), ("0.0.0.0", True), ("224.0.0.1", True), ("::1", True), ("fe80::1", True), ("fd00::1", True),
+    ("::ffff:127.0.0.1", True), ("::ffff:169.254.169.254", True), ("8.8.8.8", False), ("2606:4700::1111", False),
+])  # fmt: skip
+def test_which_addresses_are_internal(address, internal):
+    assert (_kind(ipaddress.ip_address(address)) is not None) == internal
+
+
+def test_the_allowed_networks_are_checked_when_the_backend_starts(run):
+    with pytest.raises(ValueError, match="IMAGE_NETWORKS holds '10.0.0.0/33'"):
+        BackendConfig.from_env({"MODEL_DIR": str(run.directory), "IMAGE_NETWORKS": "10.0.0.0/8, 10.0.0.0/33"})
+    config = BackendConfig.from_env({"MODEL_DIR": str(run.directory), "IMAGE_NETWORKS": "10.0.0.0/8, fd00::/8"})
+    assert config.image_networks == ("10.0.0.0/8", "fd00::/8")
+
+
 @pytest.mark.parametrize("url", [
     "http://2130706433/a.png", "http://0x7f.1/a.png", "http://[::1]/a.png", "http://169.254.169.254/latest",
     "http://evil.example/a.png",
@@ -592,7 +643,7 @@ def test_every_redirect_hop_is_checked_and_never_carries_the_token(file_server):
         load_task_image("/redirect?to=http://169.254.169.254/", label_studio_url=base, api_key="k", timeout=2)
     files["/a.png"] = png_bytes(0)
     image = load_task_image(f"/redirect?to={other}/a.png", label_studio_url=base, api_key="k", timeout=5,
-                            image_hosts=("localhost",))  # fmt: skip
+                            image_hosts=("localhost",), image_networks=LOOPBACK)  # fmt: skip
     assert image.size == (28, 28)
     assert seen == [("/redirect?to=http://169.254.169.254/", "Token k"), ("/redirect?to=" + other + "/a.png", "Token k"),
                     ("/a.png", None)]  # fmt: skip
@@ -618,7 +669,7 @@ def test_connection_failures_read_alike(file_server):
     messages = set()
     for url in ("http://127.0.0.1:9/a.png", "http://127.0.0.1:1/a.png"):
         with pytest.raises(ImageError) as info:
-            load_task_image(url, timeout=1, image_hosts=("127.0.0.1",))
+            load_task_image(url, timeout=1, image_hosts=("127.0.0.1",), image_networks=LOOPBACK)
         messages.add(str(info.value).replace(url, "URL"))
     assert len(messages) == 1
 

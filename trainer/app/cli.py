@@ -21,6 +21,7 @@ from trainer.app import (
     experiment,
     report,
 )
+from trainer.labelstudio.retry import LabelStudioUnavailable
 from trainer.runs.run import RunBusy
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RunBusy) as exc:
+    except (ValueError, FileNotFoundError, RunBusy, LabelStudioUnavailable) as exc:
         print(f"hitl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

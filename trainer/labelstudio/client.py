@@ -21,6 +21,7 @@ from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from label_config.names import SAMPLE_ID_KEY
+from trainer.labelstudio.retry import RetryPolicy, RetryTransport
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 STORAGE_TITLE = "hitl-images"
@@ -48,8 +49,10 @@ class AnnotationRecord:
     lead_time: float | None = None
 
 
-def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0) -> LabelStudio:
-    """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``."""
+def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
+            retry: RetryPolicy = RetryPolicy()) -> LabelStudio:
+    """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``.
+    Every call is retried by ``retry`` (``trainer.labelstudio.retry``), never by the SDK."""
     url = url or os.environ.get("LABEL_STUDIO_URL")
     api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     missing = [name for name, value in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not value]
@@ -58,7 +61,8 @@ def connect(url: str | None = None, api_key: str | None = None, *, timeout: floa
             f"Label Studio connection is not configured: set {' and '.join(missing)} "
             f"(or pass url= / api_key=); the key is the legacy token from Account & Settings"
         )
-    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+    http = httpx.Client(timeout=timeout, follow_redirects=True, transport=RetryTransport(url, retry))
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout, httpx_client=http, max_retries=0)
 
 
 def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
@@ -110,8 +114,10 @@ def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.Pa
 
 
 def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, batch_size: int = 100,
-                 progress: Callable[[int], None] | None = None) -> list[int]:  # fmt: skip
+                 progress: Callable[[int], None] | None = None,
+                 on_batch: Callable[[list[int], list[dict]], None] | None = None) -> list[int]:  # fmt: skip
     """Import ``tasks`` (each ``{"data": {...}, "predictions": [...]}``); their Label Studio ids, in order.
+    ``on_batch(ids, batch)`` runs after each batch lands, so a caller can record it before the next one;
     ``progress`` is called with the number of tasks of each batch once it is imported."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -123,6 +129,8 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, bat
         if len(ids) != len(batch):
             raise RuntimeError(f"Label Studio returned {len(ids)} task ids for a batch of {len(batch)} tasks")
         task_ids.extend(ids)
+        if on_batch is not None:
+            on_batch(ids, batch)
         if progress is not None:
             progress(len(ids))
     return task_ids

@@ -17,6 +17,7 @@ from trainer.core.checks import check_choice
 from trainer.core.feedback import Feedback
 from trainer.core.progress import progress_bar
 from trainer.labelstudio.client import AnnotationRecord, fetch_annotations
+from trainer.labelstudio.retry import activity
 from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
 
@@ -53,7 +54,8 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union", progress: bo
     the project's tasks as they are read (on a terminal only).
     """
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
-    with progress_bar(enabled=progress, desc="pull", unit="task") as bar:
+    with progress_bar(enabled=progress, desc="pull", unit="task") as bar, \
+            activity(f"pull of project {project_id}'s annotations"):
         # network first: the ledger lock is held briefly
         records = fetch_annotations(client, project_id, progress=lambda done, total: _advance(bar, done, total))
     ledger = run.ledger

@@ -7,9 +7,10 @@ labelling config pins, so Label Studio's grid falls exactly on the ``Grid``'s ce
 28 x 28 grey data URIs, so pictures are always upscaled RGB). Files live under
 ``<document_root>/<run name>/round-NNN/`` and are served by a Local Files storage; data URIs are opt-in.
 
-A push is idempotent. Before importing, the project's tasks are reconciled with the ledger: a task that
-already carries this run's ``model_version`` for its round is recorded, never imported again, so a crash
-between the import and the ledger write cannot duplicate tasks.
+A push is idempotent. Each imported batch is recorded in the ledger as it lands, and before importing, the
+project's tasks are reconciled with the ledger: a task that already carries this run's ``model_version`` for
+its round is recorded, never imported again, so a crash (or Label Studio going away) between the import and
+the ledger write cannot duplicate tasks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from trainer.labelstudio.client import (
     list_task_data,
     local_file_url,
 )
+from trainer.labelstudio.retry import activity
 from trainer.runs.atomic import atomic_write
 from trainer.runs.checkpoint import checkpoint_path, load_checkpoint
 from trainer.runs.run import Run
@@ -76,17 +78,21 @@ def push(run: Run, client, project_id: int, *, round: int | None = None, n: int 
         raise ValueError("document_root is needed to serve images from disk (or pass data_uri=True)")
     round, model = _round_model(run, round)
     ledger = run.ledger
-    reconcile(run, client, project_id)
-    done = ledger.pushed_sample_ids(project_id, round)
-    if len(done) < n:
-        others = {t.sample_id for t in ledger.pushed_tasks(project_id) if t.round != round}
-        todo = [s for s in run.choose_samples(model, round, n, exclude=others) if s not in done]
-        if todo:
-            tasks = build_tasks(run, model, round, todo, project_id=project_id, client=client,
-                                document_root=document_root, data_uri=data_uri, progress=progress)
-            with progress_bar(enabled=progress, total=len(tasks), desc="push", unit="task") as bar:
-                task_ids = import_tasks(client, project_id, tasks, progress=bar.update)
-            ledger.record_pushed(project_id, round, zip(task_ids, todo))
+
+    def record(task_ids: list[int], batch: list[dict]) -> None:  # each batch as it lands
+        ledger.record_pushed(project_id, round, zip(task_ids, (t["data"][SAMPLE_ID_KEY] for t in batch)))
+
+    with activity(f"push of round {round} to project {project_id}"):
+        reconcile(run, client, project_id)
+        done = ledger.pushed_sample_ids(project_id, round)
+        if len(done) < n:
+            others = {t.sample_id for t in ledger.pushed_tasks(project_id) if t.round != round}
+            todo = [s for s in run.choose_samples(model, round, n, exclude=others) if s not in done]
+            if todo:
+                tasks = build_tasks(run, model, round, todo, project_id=project_id, client=client,
+                                    document_root=document_root, data_uri=data_uri, progress=progress)
+                with progress_bar(enabled=progress, total=len(tasks), desc="push", unit="task") as bar:
+                    import_tasks(client, project_id, tasks, progress=bar.update, on_batch=record)
     ledger.record_round(round, run.model_version(round))
     return [t.task_id for t in ledger.pushed_tasks(project_id, round)]
 
