@@ -8,6 +8,7 @@ when ``connect`` is called.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,24 +144,30 @@ def list_task_data(client: LabelStudio, project_id: int, *, page_size: int = 100
 
 
 def fetch_annotations(client: LabelStudio, project_id: int, *, sample_key: str = SAMPLE_ID_KEY,
-                      page_size: int = 1000, progress: Callable[[int, int], None] | None = None,
-                      ) -> list[AnnotationRecord]:  # fmt: skip
+                      progress: Callable[[int, int], None] | None = None) -> list[AnnotationRecord]:
     """Every submitted annotation of the project, ordered by task then annotation id.
 
-    Pages through all tasks and keeps the annotations themselves: predictions and drafts are not
-    annotations. ``tasks.list(only_annotated=True)`` is not used, as Label Studio 1.23 returns
-    unannotated tasks with it too. Cancelled (skipped) annotations come back with ``was_cancelled``
-    set and their result dropped, so the caller records them as skips. ``progress(tasks read, tasks in the
-    project)`` is called after each task (for a progress bar).
+    One request: Label Studio's JSON export of every task (``download_all_tasks``), which holds the
+    annotations themselves (predictions and drafts are kept apart, so they never count). Paging through
+    ``tasks.list`` took 62-71 s for 10,000 annotated tasks where the export takes 25 s (``hitl bench pull``).
+    Cancelled (skipped) annotations come back with ``was_cancelled`` set and their result dropped, so the
+    caller records them as skips. ``progress(tasks read, tasks in the project)`` is called after each task.
     """
-    total = getattr(_check_project(client, project_id), "task_number", None) or 0
+    _check_project(client, project_id)  # a missing project is a clear 404, not an empty export
+    body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True))
+    try:
+        tasks = json.loads(body)
+    except ValueError as exc:
+        raise RuntimeError(f"Label Studio's export of project {project_id} is not JSON ({len(body)} bytes)") from exc
+    if not isinstance(tasks, list):
+        raise RuntimeError(f"Label Studio's export of project {project_id} is not a list of tasks")
     records = []
-    for done, task in enumerate(client.tasks.list(project=project_id, fields="all", page_size=page_size), 1):
-        sample_id = _sample_id(task.data or {}, sample_key, task.id)
-        for ann in task.annotations or []:
-            records.append(_record(project_id, task.id, sample_id, ann))
+    for done, task in enumerate(tasks, 1):
+        sample_id = _sample_id(task.get("data") or {}, sample_key, task["id"])
+        for ann in task.get("annotations") or []:
+            records.append(_record(project_id, int(task["id"]), sample_id, ann))
         if progress is not None:
-            progress(done, max(total, done))
+            progress(done, len(tasks))
     return sorted(records, key=lambda r: (r.task_id, r.annotation_id))
 
 
