@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from trainer.app.bench_all import run_all
 from trainer.app.cli import main
 from trainer.core.loop import TrainConfig
 
@@ -45,3 +46,11 @@ def test_bench_step_defaults_to_the_training_step_replay_rows_joining_the_batch(
     assert main(["bench", "step", "--model", "small-cnn", "--size", "28", "--batch", "8", "--steps", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["annotated_rows"] == TrainConfig().replay and out["joined"] is True and out["precision"] == "fp32"
+
+
+def test_bench_all_runs_each_benchmark_as_its_own_command_and_names_failures():
+    quick = {"step-small-cnn": ["--steps", "2", "--batch", "8"], "round-small-cnn": ["--colour", "red"]}
+    out = run_all(["step-small-cnn", "round-small-cnn"], quick)
+    assert out["step-small-cnn"]["model"] == "small-cnn" and out["step-small-cnn"]["batch"] == 8
+    assert out["step-small-cnn"]["ratio"] > 1 and out["step-small-cnn"]["wall_s"] > 0
+    assert "unrecognized arguments: --colour red" in out["round-small-cnn"]["error"]
