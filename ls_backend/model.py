@@ -25,6 +25,7 @@ from ls_backend.images import ImageError, load_task_image
 from trainer.data.view import model_view
 from trainer.explain.batch import explain_batch
 from trainer.explain.deeplift import DeepLiftTwin
+from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.loop import training_round
 from trainer.runs.checkpoint import (
@@ -65,6 +66,9 @@ class SaliencyModel:
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.run = Run.open(config.model_dir)  # FileNotFoundError names a directory that is not a run
+        # One per server: a personal access token's access token is cached across requests (AuthError: a bad key).
+        self.auth = (LabelStudioAuth(config.label_studio_url, config.api_key)
+                     if config.label_studio_url and config.api_key else None)  # fmt: skip
         self._snapshot: Snapshot | None = None
         self._load_lock = threading.Lock()
         self._predict_lock = threading.Lock()
@@ -156,7 +160,7 @@ class SaliencyModel:
             )  # fmt: skip
         try:
             image = load_task_image(
-                task["data"][key], label_studio_url=self.config.label_studio_url, api_key=self.config.api_key,
+                task["data"][key], label_studio_url=self.config.label_studio_url, auth=self.auth,
                 timeout=self.config.image_timeout, max_bytes=self.config.max_image_bytes,
                 image_hosts=self.config.image_hosts,
             )  # fmt: skip
