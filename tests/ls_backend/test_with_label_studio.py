@@ -91,7 +91,7 @@ def project(ls_client, label_studio, backend):
     url, run, _ = backend
     project = ls_client.projects.create(title="backend test", label_config=build_config(CLASSES, GRID))
     images = [to_data_uri(digit(s)) for s in range(3)] + [local_files_task(label_studio, ls_client, project.id, "d3.png")]
-    ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": u, "saliency": u}} for u in images])
+    ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": u, "saliency": [u]}} for u in images])
     ml = ls_client.ml.create(project=project.id, url=url, title="hitl", auth_method="BASIC_AUTH",
                              basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
     return project, ml
@@ -129,7 +129,7 @@ def test_predictions_for_a_local_files_image_with_either_kind_of_key(ls_client, 
     with serve_backend(tmp_path / "run", label_studio.url, ls_key) as (url, run, app):
         project = ls_client.projects.create(title="backend key test", label_config=build_config(CLASSES, GRID))
         image = local_files_task(label_studio, ls_client, project.id, "key.png")
-        ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": image, "saliency": image}}])
+        ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": image, "saliency": [image]}}])
         ls_client.ml.create(project=project.id, url=url, title="hitl", auth_method="BASIC_AUTH",
                             basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
         ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id,
