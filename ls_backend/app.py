@@ -5,7 +5,7 @@ POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
 GET /versions        {"versions": [...]}
-GET /metrics         counters and the training job's state
+GET /metrics         counters (predicted tasks, overlays attached to image-only tasks) and the training job's state
 
 Every error is JSON ``{"error": message}`` with a 4xx/5xx status; the server stays up.
 """
@@ -118,6 +118,7 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob) -> None:
     @app.get("/metrics")
     def metrics():
         return jsonify(model_version=model.latest_version(), predicted_tasks=model.predicted_tasks,
+                       overlays={"attached": model.overlays.attached, "failed": model.overlays.failed},
                        uptime_s=time.time() - app.extensions["hitl"]["started"], training=job.status())  # fmt: skip
 
 

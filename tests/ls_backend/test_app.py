@@ -189,6 +189,7 @@ def test_versions_and_metrics(client, run):
     metrics = client.get("/metrics").json
     assert metrics["predicted_tasks"] == 2 and metrics["model_version"] == run.model_version(1)
     assert metrics["training"]["state"] == "idle"
+    assert metrics["overlays"] == {"attached": 0, "failed": 0}  # no Label Studio configured: nothing to attach
 
 
 # ---------------------------------------------------------------- predict
@@ -261,6 +262,8 @@ def test_predict_names_regions_after_the_projects_config(client, config, from_na
         ({"tasks": predict_body("x")["tasks"]}, 400, "no label config"),
         (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "RectangleLabels"),
         (predict_body(digit_uri(0), config="<View><Image"), 422, "not valid XML"),
+        (predict_body([digit_uri(0)], config="<View><Image name='i' valueList='$image'/><Rectangle name='r' "
+                      "toName='i'/></View>"), 422, "reads a list of images"),  # fmt: skip
     ],
 )
 def test_predict_rejects(client, body, status, message):
