@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 from werkzeug.serving import make_server
 
@@ -99,6 +100,23 @@ def test_label_studio_accepts_the_config_with_zoom_brightness_and_contrast(ls_cl
     images = {el.get("name"): el.attrib for el in ET.fromstring(stored).iter("Image")}
     for name in (IMAGE, SALIENCY):
         assert {k: images[name].get(k) for k in VIEW_CONTROLS} == VIEW_CONTROLS, name
+
+
+def test_label_studio_requires_value_keys_but_not_value_list_keys(ls_client, fresh_run):
+    """Why the overlay is a valueList: the same config with value="$saliency" refuses a task without it."""
+    ours = label_config_for(fresh_run)
+    required = ours.replace('valueList="$saliency"', 'value="$saliency"')
+    assert required != ours
+    task = {"data": {IMAGE_KEY: "/data/local-files/?d=x.png"}}
+    for xml, accepted in ((ours, True), (required, False)):
+        project = ls_client.projects.create(title=f"valueList {fresh_run.name} {accepted}", label_config=xml)
+        if accepted:
+            ls_client.projects.import_tasks(id=project.id, request=[task])
+            assert len(list(ls_client.tasks.list(project=project.id))) == 1
+        else:
+            with pytest.raises(ApiError) as err:
+                ls_client.projects.import_tasks(id=project.id, request=[task])
+            assert err.value.status_code == 400 and '"saliency" key is expected in task data' in str(err.value.body)
 
 
 def test_a_pushed_project_takes_image_only_tasks_and_the_backend_attaches_their_overlay(
