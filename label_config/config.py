@@ -103,17 +103,31 @@ def display_px_for(grid: Grid, target: int = 224) -> int:
     return max(grid.cols, int(round(target / grid.cols)) * grid.cols)
 
 
-def _image_tag(name: str, key: str, width: int, height: int, cell: int) -> str:
+# Zoom (wheel and toolbar buttons), brightness and contrast sliders in each Image's toolbar: a faint confounder
+# (a watermark, a ruler's ticks) is often only visible with more contrast. The grid zooms with the image.
+VIEW_CONTROLS = {"zoom": "true", "zoomControl": "true", "brightnessControl": "true", "contrastControl": "true"}
+
+
+def _image_tag(name: str, key: str, width: int, height: int, cell: int, *, value_list: bool = False) -> str:
+    """One Image object. ``value_list``: read ``$key`` as a list of pictures (``valueList``), which Label Studio
+    does not require in a task's data (``tasks/validation.py`` checks only ``value`` keys), so tasks that
+    carry only the image can be imported; the overlay is attached later (see ``build_config``)."""
+    source = "valueList" if value_list else "value"
+    controls = " ".join(f"{k}={_attr(v)}" for k, v in VIEW_CONTROLS.items())
     return (
-        f"<Image name={_attr(name)} value={_attr('$' + key)} width={_attr(f'{width}px')} "
+        f"<Image name={_attr(name)} {source}={_attr('$' + key)} width={_attr(f'{width}px')} "
         f"maxWidth={_attr(f'{width}px')} height={_attr(f'{height}px')} maxHeight={_attr(f'{height}px')} "
         f'defaultZoom="fit" smoothing="false" grid="true" gridSize={_attr(str(cell))} '
-        f"gridColor={_attr(GRID_COLOR)}/>"
+        f"gridColor={_attr(GRID_COLOR)} {controls}/>"
     )
 
 
 def build_config(classes: list[str], grid: Grid, *, display_px: int = 224) -> str:
     """The Label Studio labelling config (XML) for these classes and this grid.
+
+    The task image reads ``$image`` (required in every task); the overlay reads ``$saliency`` as a one-item list
+    (``valueList``), optional: a task imported with the image only is accepted, and the ML backend's ``/predict``
+    attaches its overlay (``ls_backend.overlays``).
 
     classes: K class names (the dataset's ``.classes``). Raises ValueError on empty or duplicate
     names and on a ``display_px`` at which LS cannot draw the grid's cells (see ``display_size``).
@@ -134,7 +148,7 @@ def build_config(classes: list[str], grid: Grid, *, display_px: int = 224) -> st
     </View>
     <View {panel}>
       <Header size="5" value="Saliency (where the model looks)"/>
-      {_image_tag(SALIENCY, SALIENCY_KEY, width, height, cell)}
+      {_image_tag(SALIENCY, SALIENCY_KEY, width, height, cell, value_list=True)}
     </View>
   </View>
   <KeyPointLabels name={_attr(CELL_POINT)} toName={_attr(ANNOTATED)}>
@@ -158,6 +172,13 @@ def build_config(classes: list[str], grid: Grid, *, display_px: int = 224) -> st
   </Choices>
 </View>
 """
+
+
+def overlay_value(url: str) -> list[str]:
+    """The task-data value of the overlay (``$saliency``): a one-item list, as the config reads it (``valueList``)."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"overlay URL must be a non-empty string, got {url!r}")
+    return [url]
 
 
 def _cell_list(cells: Iterable[tuple[int, int]] | np.ndarray, grid: Grid) -> list[tuple[int, int]]:

@@ -33,7 +33,8 @@ class Control:
 @dataclass(frozen=True)
 class ConfigControls:
     """The controls we use, ``None`` where the config lacks one; ``objects`` maps object name -> tag;
-    ``data_keys`` maps object name -> the task-data key it reads (``value="$image"`` -> ``image``)."""
+    ``data_keys`` maps object name -> the task-data key it reads (``value="$image"`` -> ``image``);
+    ``list_objects`` names the objects that read a list (``valueList="$key"``: optional in a task's data)."""
 
     rect: Control | None
     point: Control | None
@@ -42,6 +43,7 @@ class ConfigControls:
     skip: Control | None
     objects: tuple[tuple[str, str], ...]
     data_keys: tuple[tuple[str, str], ...] = ()
+    list_objects: tuple[str, ...] = ()
 
     @property
     def region(self) -> Control:
@@ -90,15 +92,18 @@ def check_config(xml: str) -> ConfigControls:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise ValueError(f"label config is not valid XML: {exc}") from exc
-    objects, controls, data_keys = [], [], []
+    objects, controls, data_keys, list_objects = [], [], [], []
     for el in root.iter():
         attrs = _attrs(el)
         if "toname" in attrs and "name" in attrs:
             controls.append(_control(el))
-        elif "name" in attrs and "value" in attrs and el.tag.lower() not in _VALUE_TAGS:
+        elif "name" in attrs and ("value" in attrs or "valuelist" in attrs) and el.tag.lower() not in _VALUE_TAGS:
             objects.append((attrs["name"], el.tag.lower()))
-            if attrs["value"].startswith("$") and len(attrs["value"]) > 1:
-                data_keys.append((attrs["name"], attrs["value"][1:]))
+            source = attrs.get("value", attrs.get("valuelist", ""))
+            if source.startswith("$") and len(source) > 1:
+                data_keys.append((attrs["name"], source[1:]))
+                if "value" not in attrs:
+                    list_objects.append(attrs["name"])
     rect = _pick(controls, RECT_TAGS, CELL_RECT)
     point = _pick(controls, POINT_TAGS, CELL_POINT)
     if rect is None and point is None:
@@ -122,4 +127,5 @@ def check_config(xml: str) -> ConfigControls:
         skip=by_name.get(SKIP),
         objects=tuple(objects),
         data_keys=tuple(data_keys),
+        list_objects=tuple(list_objects),
     )

@@ -17,8 +17,9 @@ class BackendConfig:
     """How the backend runs.
 
     model_dir: a run directory made by ``trainer.runs.run`` (its checkpoints are the models served).
-    label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with
-    ``Authorization: Token <api_key>``; the key is also how a training round pulls annotations.
+    label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with the key (a
+    personal access token or a legacy token: ``trainer.labelstudio.auth``); the key is also how a training round
+    pulls annotations.
     basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them
     when the backend is connected with basic auth); without them the backend answers only requests from this
     machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round after this many

@@ -2,8 +2,9 @@
 
 Label Studio gives the backend URLs as the task holds them: relative ones (``/data/upload/3/x.png``,
 ``/data/local-files/?d=images/x.png``) are served by Label Studio and need its API key, so they are
-resolved against ``LABEL_STUDIO_URL`` and fetched with ``Authorization: Token <key>``. The key is sent
-to Label Studio only, never to another host. Every failure is an ``ImageError`` naming the URL.
+resolved against ``LABEL_STUDIO_URL`` and fetched with the key's ``Authorization`` header
+(``trainer.labelstudio.auth``: ``Token <legacy key>``, or ``Bearer <access token>`` for a personal access token).
+The key is sent to Label Studio only, never to another host. Every failure is an ``ImageError`` naming the URL.
 
 A host other than Label Studio's must be named in ``IMAGE_HOSTS`` and is then checked again after DNS: every
 address its name resolves to must be public (not loopback, private, link-local, shared, reserved or multicast)
@@ -38,6 +39,7 @@ from urllib3.util import Url, parse_url
 from urllib3.util.connection import create_connection
 
 from trainer.data.view import BadImageError, decode_image
+from trainer.labelstudio.auth import AuthError, LabelStudioAuth
 
 
 class ImageError(ValueError):
@@ -102,6 +104,7 @@ def fetch_image_bytes(
     *,
     label_studio_url: str | None = None,
     api_key: str | None = None,
+    auth: LabelStudioAuth | None = None,
     timeout: float = 10.0,
     max_bytes: int = 50 * 2**20,
     image_hosts: tuple[str, ...] = (),
@@ -111,7 +114,9 @@ def fetch_image_bytes(
     """The encoded image behind ``url`` (a data URI is decoded in place), within ``timeout`` seconds in all and
     ``max_bytes`` bytes from any source.
 
-    Only Label Studio's origin gets the API key. Any other host must be named in ``image_hosts`` (the operator's
+    Only Label Studio's origin gets the API key: ``auth`` (long-lived, so a personal access token's access token
+    is cached across calls) or ``api_key`` (a one-off ``LabelStudioAuth``). A 401 from Label Studio with a
+    personal access token refreshes the access token and tries once more. Any other host must be named in ``image_hosts`` (the operator's
     ``IMAGE_HOSTS``), so neither a decimal or hex spelling of an address nor a redirect can reach an internal
     service; every redirect hop is checked the same way, and after DNS every address of such a host must be public
     or in ``image_networks`` (CIDR strings, the operator's ``IMAGE_NETWORKS``). Failures to connect all read alike
@@ -122,14 +127,16 @@ def fetch_image_bytes(
     deadline = time.monotonic() + timeout
     allowed = {h.lower() for h in image_hosts}
     pinned = pinned_session(tuple(ipaddress.ip_network(n) for n in image_networks))
-    current = url
-    for _ in range(MAX_REDIRECTS + 1):
+    auth = auth or _one_off_auth(label_studio_url, api_key)
+    current, retried = url, False
+    hops = 0
+    while hops <= MAX_REDIRECTS:
         absolute, ours = resolve_url(current, label_studio_url)
         host = (parse_url(absolute).host or "").lower()
         if not ours and host not in allowed:
             raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which is neither Label Studio's nor "
                              "in IMAGE_HOSTS", 422)  # fmt: skip
-        headers = {"Authorization": f"Token {api_key}"} if ours and api_key else {}
+        headers = _auth_headers(auth, url) if ours and auth else {}
         left = deadline - time.monotonic()
         http = (session or requests) if ours else pinned
         try:
@@ -137,6 +144,11 @@ def fetch_image_bytes(
                           allow_redirects=False) as resp:  # fmt: skip
                 if resp.is_redirect:
                     current = urljoin(absolute, resp.headers.get("location", ""))
+                    hops += 1
+                    continue
+                if resp.status_code == 401 and ours and auth and auth.refreshable and not retried:
+                    auth.expire()  # the cached access token died early (a server restart, a revoked session)
+                    retried = True
                     continue
                 if resp.status_code != 200:
                     hint = " (check LABEL_STUDIO_API_KEY)" if ours and resp.status_code in (401, 403) else ""
@@ -231,6 +243,22 @@ def pinned_session(networks: tuple = ()) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def _one_off_auth(label_studio_url: str | None, api_key: str | None) -> LabelStudioAuth | None:
+    if not (api_key and label_studio_url):
+        return None
+    try:
+        return LabelStudioAuth(label_studio_url, api_key)
+    except AuthError as exc:
+        raise ImageError(f"LABEL_STUDIO_API_KEY unusable: {exc}", 502) from None
+
+
+def _auth_headers(auth: LabelStudioAuth, url: str) -> dict[str, str]:
+    try:
+        return auth.headers()
+    except AuthError as exc:
+        raise ImageError(f"fetching image {_short(url)!r}: {exc}", 502) from None
 
 
 def _read(resp: requests.Response, url: str, max_bytes: int, deadline: float) -> bytes:

@@ -66,6 +66,11 @@ class _RunCollector:
         tasks = CounterMetricFamily("hitl_predicted_tasks", "Tasks this backend process predicted")
         tasks.add_metric([], self.model.predicted_tasks)
         yield tasks
+        for outcome in ("attached", "failed"):
+            overlays = CounterMetricFamily(f"hitl_overlays_{outcome}",
+                                           f"Saliency overlays {outcome} to image-only tasks by this process")
+            overlays.add_metric([], getattr(self.model.overlays, outcome))
+            yield overlays
         version = self.model.latest_version()
         if version is not None:
             yield InfoMetricFamily("hitl_model", "The newest checkpoint's model_version",

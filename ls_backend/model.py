@@ -22,12 +22,21 @@ from label_config.grid import Grid
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
 from ls_backend.config import BackendConfig
 from ls_backend.images import ImageError, load_task_image
+from ls_backend.overlays import (
+    OverlayWriter,
+    PendingOverlay,
+    lacks_overlay,
+    overlay_key,
+)
 from trainer.core.models import autocast
 from trainer.data.view import model_view
 from trainer.explain.batch import explain_batch
 from trainer.explain.deeplift import DeepLiftTwin
+from trainer.explain.overlay import overlay_image
+from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.loop import training_round
+from trainer.labelstudio.push import display_px
 from trainer.runs.checkpoint import (
     checkpoint_round,
     latest_checkpoint,
@@ -66,10 +75,15 @@ class SaliencyModel:
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.run = Run.open(config.model_dir)  # FileNotFoundError names a directory that is not a run
+        # One per server: a personal access token's access token is cached across requests (AuthError: a bad key).
+        self.auth = (LabelStudioAuth(config.label_studio_url, config.api_key)
+                     if config.label_studio_url and config.api_key else None)  # fmt: skip
         self._snapshot: Snapshot | None = None
         self._load_lock = threading.Lock()
         self._predict_lock = threading.Lock()
         self.predicted_tasks = 0
+        # The SDK client refreshes a personal access token itself.
+        self.overlays = OverlayWriter(lambda: connect(config.label_studio_url, config.api_key))
 
     # ------------------------------------------------------------------ versions
     def latest_version(self) -> str | None:
@@ -118,6 +132,9 @@ class SaliencyModel:
             key = controls.data_key(region.to_name)
         except ValueError as exc:
             raise BackendError(f"label config unusable: {exc}", 422) from exc
+        if region.to_name in controls.list_objects:
+            raise BackendError(f"label config unusable: the image {region.to_name!r} reads a list of images "
+                               "(valueList); the backend explains one image per task (value='$<key>')", 422)  # fmt: skip
         snap = self.snapshot()
         images = torch.stack([self._view(task, key, snap.meta) for task in tasks])
         with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
@@ -143,7 +160,23 @@ class SaliencyModel:
                 PREDICTION_KEY: classes[k], PROBABILITY_KEY: p,
             })  # fmt: skip
         self.predicted_tasks += len(out)
+        self._attach_overlays(tasks, images, found, controls, snap)
         return out
+
+    def _attach_overlays(self, tasks: list[dict], images: torch.Tensor, found, controls, snap: Snapshot) -> None:
+        """Queue the overlay just computed for each task that came without one (``ls_backend.overlays``)."""
+        key = overlay_key(controls)
+        if key is None or self.auth is None:
+            return
+        px = display_px(snap.grid)
+        for i, task in enumerate(tasks):
+            if lacks_overlay(task, key) and isinstance(task.get("id"), int):
+                k = int(found.predicted[i])
+                self.overlays.submit(PendingOverlay(
+                    task["id"], key, overlay_image(images[i], found.saliency[i], display_px=px),
+                    model_version=snap.model_version, prediction=snap.meta["classes"][k],
+                    probability=float(found.probs[i, k]),
+                ))  # fmt: skip
 
     def _view(self, task, key: str, meta: dict) -> torch.Tensor:
         """(C, H, W) in [0, 1]: the task's image through the same view training used."""
@@ -157,7 +190,7 @@ class SaliencyModel:
             )  # fmt: skip
         try:
             image = load_task_image(
-                task["data"][key], label_studio_url=self.config.label_studio_url, api_key=self.config.api_key,
+                task["data"][key], label_studio_url=self.config.label_studio_url, auth=self.auth,
                 timeout=self.config.image_timeout, max_bytes=self.config.max_image_bytes,
                 image_hosts=self.config.image_hosts, image_networks=self.config.image_networks,
             )  # fmt: skip

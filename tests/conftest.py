@@ -40,6 +40,16 @@ def ls_client(label_studio):
     return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
 
+KEY_KINDS = ["legacy", "pat"]
+
+
+@pytest.fixture(params=KEY_KINDS)
+def ls_key(request, label_studio):
+    """Each kind of key a user may hold: the legacy token, and a personal access token (a JWT refresh token,
+    what Label Studio 1.23 hands out by default)."""
+    return label_studio.token if request.param == "legacy" else label_studio.personal_access_token()
+
+
 # --- Runs for the Label Studio loop tests (tests/labelstudio/: test_loop, test_browser, test_run_command) ------
 
 _RUN_NAMES = itertools.count()

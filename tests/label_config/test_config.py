@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from label_config.config import build_config, display_px_for, suggestion_result
+from label_config.config import (
+    VIEW_CONTROLS,
+    build_config,
+    display_px_for,
+    overlay_value,
+    suggestion_result,
+)
 from label_config.controls import check_config
 from label_config.grid import Grid
 from label_config.names import (
@@ -19,8 +25,10 @@ from label_config.names import (
     CELL_RECT_LABEL,
     CORRECT_LABEL,
     IMAGE,
+    IMAGE_KEY,
     LABEL_CHECK,
     SALIENCY,
+    SALIENCY_KEY,
     SKIP,
 )
 
@@ -67,6 +75,28 @@ def test_grid_size_traces_the_grid_cells_at_display_size(grid, display_px, size,
         assert (attrs["width"], attrs["height"]) == size and attrs["maxWidth"] == size[0]
         assert attrs["grid"] == "true" and attrs["gridSize"] == grid_px and attrs["defaultZoom"] == "fit"
         assert int(grid_px) * grid.cols == display_px
+
+
+def test_both_images_offer_zoom_brightness_and_contrast():
+    images = _images(build_config(["a", "b"], Grid(28, 28, 7, 7)))
+    want = {"zoom": "true", "zoomControl": "true", "brightnessControl": "true", "contrastControl": "true"}
+    assert VIEW_CONTROLS == want
+    for name in (IMAGE, SALIENCY):
+        assert {k: images[name].get(k) for k in want} == want, name
+
+
+def test_the_image_is_required_and_the_overlay_is_an_optional_list():
+    # Label Studio requires every key read by ``value`` in a task's data; ``valueList`` keys it does not check.
+    xml = build_config(["a", "b"], Grid(28, 28, 7, 7))
+    images = _images(xml)
+    assert images[IMAGE]["value"] == f"${IMAGE_KEY}" and "valueList" not in images[IMAGE]
+    assert images[SALIENCY]["valueList"] == f"${SALIENCY_KEY}" and "value" not in images[SALIENCY]
+    controls = check_config(xml)
+    assert controls.list_objects == (SALIENCY,)
+    assert controls.data_key(SALIENCY) == SALIENCY_KEY and controls.data_key(IMAGE) == IMAGE_KEY
+    assert overlay_value("/data/local-files/?d=a.png") == ["/data/local-files/?d=a.png"]
+    with pytest.raises(ValueError, match="non-empty string"):
+        overlay_value("")
 
 
 @pytest.mark.parametrize("classes, match", [

@@ -203,9 +203,9 @@ def test_data_uri_push_inlines_rgb_pngs(linked):
     run, client, link = linked
     task_id = push(run, client, link.project_id, n=1, data_uri=True)[0]
     data = client.tasks.get(id=task_id).data
-    for key in ("image", "saliency"):
-        assert data[key].startswith("data:image/png;base64,")
-        with Image.open(io.BytesIO(base64.b64decode(data[key].split(",", 1)[1]))) as picture:
+    for uri in (data["image"], *data["saliency"]):  # the overlay is a one-item list (the config's valueList)
+        assert uri.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as picture:
             assert picture.mode == "RGB" and picture.size == (DISPLAY, DISPLAY)
 
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import torch
 from PIL import Image
 
@@ -193,6 +194,12 @@ def test_versions(client, run):
     save_round(run, 1, seed=1)
     assert client.get("/versions").json == {"versions": [run.model_version(0), run.model_version(1)]}
     assert client.get("/health").json["model_version"] == run.model_version(1)
+    client.post("/predict", json=predict_body(digit_uri(0), digit_uri(1)))
+    scraped = {s.name: s.value for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+               for s in f.samples}  # fmt: skip
+    assert scraped["hitl_predicted_tasks_total"] == 2
+    # no Label Studio configured: nothing to attach to image-only tasks
+    assert scraped["hitl_overlays_attached_total"] == 0 and scraped["hitl_overlays_failed_total"] == 0
 
 
 # ---------------------------------------------------------------- predict
@@ -278,6 +285,8 @@ def test_predict_names_regions_after_the_projects_config(client, config, from_na
         ({"tasks": predict_body("x")["tasks"]}, 400, "no label config"),
         (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "RectangleLabels"),
         (predict_body(digit_uri(0), config="<View><Image"), 422, "not valid XML"),
+        (predict_body([digit_uri(0)], config="<View><Image name='i' valueList='$image'/><Rectangle name='r' "
+                      "toName='i'/></View>"), 422, "reads a list of images"),  # fmt: skip
     ],
 )
 def test_predict_rejects(client, body, status, message):

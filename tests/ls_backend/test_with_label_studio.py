@@ -9,6 +9,7 @@ model_version.
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 
@@ -24,9 +25,10 @@ from label_config.grid import Grid
 from label_config.names import ANNOTATED, CELL_RECT, CELL_RECT_LABEL
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
-from ls_backend.images import to_data_uri
+from ls_backend.images import load_task_image, to_data_uri
 from trainer.core.loop import TrainConfig
 from trainer.core.models import build_model
+from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import ensure_local_storage, local_file_url
 from trainer.runs.checkpoint import checkpoint_path, save_checkpoint
 from trainer.runs.run import Run, RunConfig
@@ -49,20 +51,38 @@ def digit(seed: int) -> Image.Image:
     return Image.fromarray((np.random.default_rng(seed).random((28, 28)) * 255).astype(np.uint8), "L")
 
 
-@pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
-    """(URL, run, app) of the backend served over real HTTP on a free port, basic auth on."""
-    run = Run.create(tmp_path_factory.mktemp("backend") / "run", RunConfig(train=TrainConfig(epochs=1, batch_size=128)))
+@contextlib.contextmanager
+def serve_backend(directory, label_studio_url: str, api_key: str):
+    """(URL, run, app) of a backend served over real HTTP on a free port, basic auth on."""
+    run = Run.create(directory, RunConfig(train=TrainConfig(epochs=1, batch_size=128)))
     first_round(run)
-    config = BackendConfig(model_dir=run.directory, label_studio_url=label_studio.url, api_key=label_studio.token,
+    config = BackendConfig(model_dir=run.directory, label_studio_url=label_studio_url, api_key=api_key,
                            basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
     app = create_app(config, preload=True)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", run, app
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", run, app
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    """(URL, run, app) of the backend with the legacy token, shared by the module's flow."""
+    with serve_backend(tmp_path_factory.mktemp("backend") / "run", label_studio.url, label_studio.token) as served:
+        yield served
+
+
+def local_files_task(label_studio, ls_client, project_id: int, name: str) -> str:
+    """A Local Files image URL on the project (Label Studio serves it only to a valid key)."""
+    folder = label_studio.document_root / "backend-images"
+    folder.mkdir(parents=True, exist_ok=True)
+    digit(3).save(folder / name)
+    ensure_local_storage(ls_client, project_id, folder, label_studio.document_root)
+    return local_file_url(folder / name, label_studio.document_root)
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +90,8 @@ def project(ls_client, label_studio, backend):
     """A project with our config: three data-URI tasks and one Local Files task; the backend connected."""
     url, run, _ = backend
     project = ls_client.projects.create(title="backend test", label_config=build_config(CLASSES, GRID))
-    folder = label_studio.document_root / "backend-images"
-    folder.mkdir(parents=True, exist_ok=True)
-    digit(3).save(folder / "d3.png")
-    ensure_local_storage(ls_client, project.id, folder, label_studio.document_root)
-    images = [to_data_uri(digit(s)) for s in range(3)] + [local_file_url(folder / "d3.png", label_studio.document_root)]
-    ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": u, "saliency": u}} for u in images])
+    images = [to_data_uri(digit(s)) for s in range(3)] + [local_files_task(label_studio, ls_client, project.id, "d3.png")]
+    ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": u, "saliency": [u]}} for u in images])
     ml = ls_client.ml.create(project=project.id, url=url, title="hitl", auth_method="BASIC_AUTH",
                              basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
     return project, ml
@@ -105,6 +121,32 @@ def test_label_studio_requests_and_stores_predictions(ls_client, backend, projec
         assert {(r["from_name"], r["to_name"], r["value"]["rectanglelabels"][0]) for r in regions} == {
             (CELL_RECT, ANNOTATED, CELL_RECT_LABEL)
         }
+
+
+def test_predictions_for_a_local_files_image_with_either_kind_of_key(ls_client, label_studio, ls_key, tmp_path):
+    """Label Studio asks the backend, which fetches the image from Label Studio with a legacy token or a personal
+    access token (Bearer <access token>; before, a PAT was sent as Token <jwt> and the fetch gave 401)."""
+    with serve_backend(tmp_path / "run", label_studio.url, ls_key) as (url, run, app):
+        project = ls_client.projects.create(title="backend key test", label_config=build_config(CLASSES, GRID))
+        image = local_files_task(label_studio, ls_client, project.id, "key.png")
+        ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": image, "saliency": [image]}}])
+        ls_client.ml.create(project=project.id, url=url, title="hitl", auth_method="BASIC_AUTH",
+                            basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
+        ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                                 selected_items={"all": True, "excluded": []})  # fmt: skip
+        (prediction,) = ls_client.predictions.list(project=project.id)
+        assert prediction.model_version == run.model_version(0) and len(prediction.result) == run.config.top_k
+        assert app.extensions["hitl"]["model"].predicted_tasks == 1
+
+
+def test_a_rejected_access_token_is_refreshed_once(ls_client, label_studio, project):
+    """Label Studio answers 401 to an access token we believed valid: the fetch refreshes and tries again."""
+    proj, _ = project
+    image = local_files_task(label_studio, ls_client, proj.id, "retry.png")
+    auth = LabelStudioAuth(label_studio.url, label_studio.personal_access_token())
+    auth._access, auth._access_exp = "eyJ4IjoxfQ.eyJ4IjoxfQ.c2ln", time.time() + 3600  # as a restarted server would see it
+    picture = load_task_image(image, label_studio_url=label_studio.url, auth=auth)
+    assert picture.size == (28, 28) and auth.refreshes == 1
 
 
 def test_annotations_reach_the_webhook(ls_client, backend, project):

@@ -142,9 +142,12 @@ class LabelStudioServer:
         except FileNotFoundError:
             return {}
 
-    def _store_credentials(self) -> None:
+    def _store_credentials(self, **extra: str) -> None:
         payload = {"username": self.username, "password": self.password, "token": self.token,
                    "secret_key": self.secret_key}
+        pat = extra.get("pat") or self._stored_credentials().get("pat")
+        if pat:
+            payload["pat"] = pat
         fd = os.open(self.credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f)
@@ -259,6 +262,27 @@ class LabelStudioServer:
         if email != self.username:
             raise RuntimeError(f"Label Studio on {self.url} says the token belongs to {email!r}, "
                                f"expected {self.username!r}")
+
+    def personal_access_token(self) -> str:
+        """The admin's personal access token (a JWT refresh token), created on first use and kept with the data dir.
+
+        Label Studio 1.23 creates one per user (``POST /api/token/``; a second create answers 409 while one is
+        valid) and shows it only once, so it is stored beside the other credentials.
+        """
+        stored = self._stored_credentials().get("pat")
+        if stored:
+            return stored
+        request = urllib.request.Request(f"{self.url}/api/token/", data=b"{}", method="POST",
+                                         headers={"Authorization": f"Token {self.token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                token = json.loads(resp.read())["token"]
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"Label Studio on {self.url} did not create a personal access token "
+                               f"(HTTP {err.code}); one may exist already outside {self.credentials_path}") from None
+        self._store_credentials(pat=token)
+        return token
 
     def log_tail(self, lines: int = 40) -> str:
         try:

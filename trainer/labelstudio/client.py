@@ -53,14 +53,16 @@ class AnnotationRecord:
 def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
             retry: RetryPolicy = RetryPolicy()) -> LabelStudio:
     """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``.
-    Every call is retried by ``retry`` (``trainer.labelstudio.retry``), never by the SDK."""
+    Every call is retried by ``retry`` (``trainer.labelstudio.retry``), never by the SDK.
+    The key may be a legacy token or a personal access token: the SDK itself exchanges a PAT for access tokens
+    (``label_studio_sdk.tokens.client_ext``) and renews them when they expire."""
     url = url or os.environ.get("LABEL_STUDIO_URL")
     api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     missing = [name for name, value in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not value]
     if missing:
         raise ValueError(
             f"Label Studio connection is not configured: set {' and '.join(missing)} "
-            f"(or pass url= / api_key=); the key is the legacy token from Account & Settings"
+            f"(or pass url= / api_key=); the key is a personal access token or the legacy token (Account & Settings)"
         )
     http = httpx.Client(timeout=timeout, follow_redirects=True, transport=RetryTransport(url, retry))
     return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout, httpx_client=http, max_retries=0)

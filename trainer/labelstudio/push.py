@@ -24,7 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from label_config.config import build_config, display_px_for, suggestion_result
+from label_config.config import (
+    build_config,
+    display_px_for,
+    overlay_value,
+    suggestion_result,
+)
 from label_config.grid import Grid
 from label_config.names import (
     IMAGE_KEY,
@@ -149,6 +154,7 @@ def build_tasks(run, model, round: int, sample_ids: list[int], *, project_id: in
                     SALIENCY_KEY: overlay_image(images[i], saliency[i], display_px=px)}
         urls = {key: _publish(pic, folder, f"sample-{sample_id}-{key}.png", document_root)
                 for key, pic in pictures.items()}
+        urls[SALIENCY_KEY] = overlay_value(urls[SALIENCY_KEY])
         prob = float(probs[i, preds[i]])
         data = {
             **urls, SAMPLE_ID_KEY: int(sample_id), ROUND_KEY: int(round),
