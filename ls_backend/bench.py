@@ -82,9 +82,9 @@ def _free_port() -> int:
 def gunicorn(model_dir: Path, *, workers: int, threads: int, startup_s: float = 120.0):
     """The backend under gunicorn on a free loopback port; yields its URL, stops it (SIGTERM) after."""
     port = _free_port()
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # this checkout first
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
+    env = {**os.environ, "MODEL_DIR": str(model_dir)}
+    # --chdir: gunicorn imports the app from this checkout first (it puts the directory on sys.path)
+    cmd = [sys.executable, "-m", "gunicorn", "--chdir", str(REPO), "--workers", str(workers), "--threads", str(threads),
            "--bind", f"127.0.0.1:{port}", "--timeout", "120", "ls_backend.wsgi:create()"]  # fmt: skip
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
