@@ -27,14 +27,20 @@ from PIL import Image
 from label_config.config import overlay_value
 from label_config.controls import ConfigControls
 from label_config.names import (
+    LABEL_KEY,
     MODEL_VERSION_KEY,
     PREDICTION_KEY,
     PROBABILITY_KEY,
+    ROUND_KEY,
     SALIENCY,
+    SAMPLE_ID_KEY,
 )
 from ls_backend.images import to_data_uri
 
 log = logging.getLogger(__name__)
+# Shown in the labelling page's headers: written as "-" into an image-only task that lacks them. A sample id of
+# "-" is no sample of ours, so pulls keep ignoring the task's annotations (they have no training image).
+NOT_GIVEN = (SAMPLE_ID_KEY, ROUND_KEY, LABEL_KEY)
 
 
 def overlay_key(controls: ConfigControls) -> str | None:
@@ -60,6 +66,8 @@ def attach_overlay(client, task_id: int, key: str, picture: Image.Image, *, mode
         return False
     data[key] = overlay_value(to_data_uri(picture.convert("RGB")))
     data.update({MODEL_VERSION_KEY: model_version, PREDICTION_KEY: prediction, PROBABILITY_KEY: f"{probability:.2f}"})
+    for key_shown in NOT_GIVEN:  # the page's headers name these; a task imported by hand has none ("undefined")
+        data.setdefault(key_shown, "-")
     client.tasks.update(id=task_id, data=data)
     return True
 

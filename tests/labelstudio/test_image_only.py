@@ -35,7 +35,8 @@ pytestmark = pytest.mark.labelstudio
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; the test never downloads a browser
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "image-only-task.png"
+# docs/image-only-task.png is a copy of this, committed by hand: a test run never changes a tracked file.
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "image-only-task.png"
 LOAD_MS = 90_000  # the labelling page on 2 busy cores
 # Each Image object's picture in the labelling page, in config order (the task image, then the overlay): size and
 # mean colour read back through a canvas (Label Studio shows both as blob: URLs), so the test knows which arrived.
@@ -140,6 +141,9 @@ def test_a_pushed_project_takes_image_only_tasks_and_the_backend_attaches_their_
     assert task.data[IMAGE_KEY].startswith("/data/local-files/")  # the rest of the data written back as it was
     (prediction,) = client.predictions.list(task=task_id)
     assert task.data["model_version"] == prediction.model_version  # the model that made the overlay
+    # The page's headers read "Sample - | round -", "Label: - | model: ...", never "undefined".
+    assert {k: task.data[k] for k in ("sample_id", "round", "label")} == {"sample_id": "-", "round": "-", "label": "-"}
+    assert task.data["prediction"] in run.classes
 
 
 @pytest.mark.browser
