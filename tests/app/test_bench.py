@@ -54,3 +54,8 @@ def test_bench_all_runs_each_benchmark_as_its_own_command_and_names_failures():
     assert out["step-small-cnn"]["model"] == "small-cnn" and out["step-small-cnn"]["batch"] == 8
     assert out["step-small-cnn"]["ratio"] > 1 and out["step-small-cnn"]["wall_s"] > 0
     assert "unrecognized arguments: --colour red" in out["round-small-cnn"]["error"]
+
+
+def test_bench_round_names_a_dataset_without_true_masks(capsys):
+    assert main(["bench", "round", "--dataset", "decoy-mnist-clean", "--epochs", "1"]) == 2
+    assert "has no true masks" in capsys.readouterr().err

@@ -72,6 +72,10 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
               arms: dict[str, TrainConfig]) -> dict:  # fmt: skip
     train_set, test_set = load_dataset(dataset, seed=seed, size=size)
     train_set = train_fraction(train_set, fraction, seed=seed)
+    masks = getattr(train_set, "decoy_masks", None)
+    if masks is None or not bool(masks.any()):
+        raise ValueError(f"dataset {dataset!r} has no true masks (or only empty ones) for the simulated annotator: use a built-in "
+                         "confounded dataset (hitl datasets) or a folder with <stem>.mask.png files")
     c, h, w = train_set.image_shape
     grid = Grid.from_cell_px(h, w, max(1, h // 7))
     cfg0 = arms["plain"]
