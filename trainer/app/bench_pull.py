@@ -71,7 +71,7 @@ def _bench(client, url: str, root: Path, annotations: int, batch: int) -> dict:
     if report.new != annotations or report.errors:
         raise RuntimeError(f"the pull read {report.new} of {annotations} annotations ({len(report.errors)} errors): "
                            f"{report.errors[:3]}")  # fmt: skip
-    return {"annotations": annotations, "pull_s": round(seconds, 2),
+    return {"annotations": annotations, "pull_s": round(seconds, 3),
             "annotations_per_s": round(annotations / seconds, 1), "fill_s": round(filled, 2),
             "label_studio": url, "annotated_images": len(report.feedback.annotated_ids())}  # fmt: skip
 
