@@ -197,3 +197,27 @@ def test_bf16_precision_trains_the_penalty_and_rejects_unknown_precisions():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+
+
+def test_drawn_rows_ce_from_the_penalty_pass_trains_exactly_as_in_the_batch(monkeypatch):
+    """Without batch norm the drawn rows' CE is taken from the penalty pass's forward instead of a second
+    forward in the batch: the same loss, so the same weights after a round (a row's logits do not depend on
+    the other rows). Forcing the batch path (as for batch-norm models) must give the same model."""
+    import trainer.core.loop as loop
+
+    data, fb = _data(48), _feedback([1, 5, 9, 20, 33])
+    cfg = TrainConfig(epochs=2, batch_size=8, replay=3, warmup_steps=0, lam=1.0)
+    trained = {}
+    for batch_path in (False, True):
+        monkeypatch.setattr(loop, "has_batchnorm", lambda model, forced=batch_path: forced)
+        torch.manual_seed(0)
+        model = build_model("small-cnn", 3, 1, 8)
+        result = train_round(model, data, fb, GRID, cfg, seed=3)
+        trained[batch_path] = (torch.cat([p.detach().flatten() for p in model.parameters()]), result.epochs)
+    (folded, e_f), (batched, e_b) = trained[False], trained[True]
+    assert e_f[-1].penalised_rows == e_b[-1].penalised_rows > 0
+    assert e_f[-1].train_ce == pytest.approx(e_b[-1].train_ce, rel=1e-4)
+    assert torch.allclose(folded, batched, atol=1e-5), (folded - batched).abs().max()
+    monkeypatch.undo()
+    model = build_model("small-cnn", 3, 1, 8)
+    assert not loop.has_batchnorm(model) and loop.has_batchnorm(_small_resnet())

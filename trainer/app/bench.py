@@ -1,7 +1,8 @@
 """``hitl bench step``: the cost of a training step with the feedback penalty, as a ratio to a plain CE step.
 
 Both are timed in one process on the same model and batch. By default the step is the training default's:
-``TrainConfig.replay`` annotated rows join the batch (CE over batch + rows) and each is penalised. With
+``TrainConfig.replay`` annotated rows join the batch (CE over batch + rows, the rows' from the penalty pass's
+forward as in ``train_round`` when the model has no batch norm) and each is penalised. With
 ``annotated`` a share of the batch's own rows carries a mask instead (nothing joins the batch).
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.core.loop import TrainConfig
-from trainer.core.loss import rrr_penalty
+from trainer.core.loss import has_batchnorm, penalty_and_logits
 from trainer.core.models import autocast, build_model
 
 
@@ -42,9 +43,15 @@ def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, ann
         loss.backward()
         opt.step()
 
+    fold = joined and not has_batchnorm(net)  # as train_round: then joined rows' CE from the penalty pass
+
     def reg_step() -> None:
         with autocast(precision, dev):
-            loss = F.cross_entropy(net(x).float(), y) + lam * rrr_penalty(net, xa, masks).float().mean()
+            pen, logits_a = penalty_and_logits(net, xa, masks)
+            ce_sum = F.cross_entropy(net(x[:batch] if fold else x).float(), y[:batch] if fold else y, reduction="sum")
+            if fold:
+                ce_sum = ce_sum + F.cross_entropy(logits_a.float(), y[batch:], reduction="sum")
+            loss = ce_sum / len(x) + lam * pen.float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from label_config.grid import Grid
 from trainer.core.checks import check_choice, check_int, check_share
 from trainer.core.feedback import Feedback
-from trainer.core.loss import auto_lambda, rrr_penalty
+from trainer.core.loss import auto_lambda, has_batchnorm, penalty_and_logits
 from trainer.core.models import PRECISIONS, autocast
 from trainer.core.progress import progress_bar
 
@@ -175,6 +175,11 @@ def train_round(
     lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
     ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps since the first with annotated rows
     every = cfg.penalty_every
+    # Without batch norm a row's logits do not depend on the other rows, so the drawn rows' CE can come from
+    # the penalty pass's forward (the same function: saves a forward and backward over them). With batch norm
+    # that pass normalises them by their own few rows' statistics; taking their CE there measured worse (the
+    # collapse test's first feedback round fell 0.59 -> 0.43), so they join the batch's pass as before.
+    fold = not has_batchnorm(model)
     step = 0
     probs = None
     result = RoundResult(lam=cfg.lam)
@@ -192,26 +197,34 @@ def train_round(
                 xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay, donors=x if cfg.donors else None)
             else:
                 xa, ya, wa, n_drawn = x[:0], y[:0], torch.zeros(0, *x.shape[-2:]), 0
-            if n_drawn:  # drawn rows join the batch's CE too; the batch's own annotated rows are in it already
+            n_rows = n_batch + n_drawn  # drawn rows join the batch's CE; its own annotated rows are in it already
+            if n_drawn and not fold:  # batch norm: the drawn rows' CE in the batch, under the batch's statistics
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
-            counts = parallel.all_reduce(torch.tensor([len(y), len(xa)], dtype=torch.float64, device=device))
+            counts = parallel.all_reduce(torch.tensor([n_rows, len(xa)], dtype=torch.float64, device=device))
             with autocast(cfg.precision, device):
                 logits = net(x).float()
-            ce = F.cross_entropy(logits, y)
+            ce_sum = F.cross_entropy(logits, y, reduction="sum")
             if score and epoch == cfg.epochs - 1:
                 if probs is None:
                     probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
                 probs.index_copy_(0, torch.as_tensor(ids).to(device), torch.softmax(logits[:n_batch].detach(), 1))
-            loss = ce * (world * len(y) / counts[0])
             pen_sum = torch.zeros((), device=device)
             scale = torch.zeros((), dtype=torch.float64, device=device)  # ramp * lambda / M
-            if penalise and on_step and (len(xa) or world > 1):  # a process without rows still joins DDP's forward
+            penalty_step = penalise and on_step and (len(xa) or world > 1)  # a process without rows joins DDP's forward
+            if penalty_step:
                 if not len(xa):
-                    xa, wa = x[:0], torch.zeros(0, *x.shape[-2:])
+                    xa, ya, wa = x[:0], y[:0], torch.zeros(0, *x.shape[-2:])
                 with autocast(cfg.precision, device):
-                    pen_sum = rrr_penalty(net, xa.to(device), wa.to(device)).float().sum()
+                    pen, logits_a = penalty_and_logits(net, xa.to(device), wa.to(device))
+                pen_sum = pen.float().sum()
+                if fold:  # the drawn rows' CE from the penalty pass's forward: no second forward over them
+                    ce_sum = ce_sum + F.cross_entropy(logits_a[:n_drawn].float(), ya[:n_drawn].to(device),
+                                                      reduction="sum")  # fmt: skip
+            ce = ce_sum / n_rows
+            loss = ce_sum * (world / counts[0])
+            if penalty_step:
                 if lam is None:
-                    lam = _first_lambda(parallel, ce, len(y), pen_sum, counts)
+                    lam = _first_lambda(parallel, ce, n_rows, pen_sum, counts)
                     result.lam = cfg.lam if lam is None else lam
                 ramped = ramped + (counts[1] > 0) * every  # every step since the first penalised one
                 ramp = (ramped / cfg.warmup_steps).clamp(max=1.0) if cfg.warmup_steps else 1.0
@@ -220,9 +233,9 @@ def train_round(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            ce_b = ce.detach().double() * len(y)
+            ce_b = ce_sum.detach().double()
             sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
-                                 pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(len(y))])
+                                 pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(n_rows)])
         result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
         if probs is not None:
             result.train_probs = probs.cpu()

@@ -26,6 +26,12 @@ def rrr_penalty(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> 
     images: (N, C, H, W); masks: (N, H, W) (broadcast over channels) or (N, C, H, W). Returns (N,).
     Call it on the annotated rows only: rows with an all-zero mask contribute exactly zero anyway.
     """
+    return penalty_and_logits(model, images, masks)[0]
+
+
+def penalty_and_logits(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rrr_penalty`` (N,) and the logits (N, K) of the same forward pass, so a loss can take the rows' CE
+    from it instead of a second forward (``trainer.core.loop.train_round`` does: the replayed rows)."""
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     if masks.ndim == 3:
@@ -34,9 +40,10 @@ def rrr_penalty(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> 
         raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit images of shape {tuple(images.shape)}")
     x = images.detach().requires_grad_(True)
     with penalty_batchnorm(model):
-        log_probs = F.log_softmax(model(x), dim=1)  # (N, K)
+        logits = model(x)
+    log_probs = F.log_softmax(logits, dim=1)  # (N, K)
     (grads,) = torch.autograd.grad(log_probs.sum(), x, create_graph=True)  # (N, C, H, W)
-    return (masks.to(grads.dtype) * grads.square()).flatten(1).sum(1)
+    return (masks.to(grads.dtype) * grads.square()).flatten(1).sum(1), logits
 
 
 @contextlib.contextmanager
@@ -72,6 +79,11 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
         for m, training, momentum in saved:
             m.train(training)
             m.momentum = momentum
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` is a batch norm (its output for a row depends on the other rows)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _single_value_falls_back(module: nn.Module, args) -> None:
