@@ -88,6 +88,22 @@ def test_random_is_seeded_and_stays_inside_the_available_ids():
     assert len(set(first.tolist())) == 10 and first.min() >= 20
 
 
+def test_entropy_random_alternates_between_the_entropy_ranking_and_a_seeded_permutation():
+    """Half the picks follow entropy, half a seeded random order, so a partial shortcut (images the model is
+    sure of) is still asked about: here the 30 confident images are never picked by entropy alone."""
+    g = torch.Generator().manual_seed(0)
+    sure = torch.softmax(torch.randn(30, 4, generator=g) * 0.1 + torch.tensor([9.0, 0, 0, 0]), dim=1)
+    unsure = torch.softmax(torch.randn(30, 4, generator=g) * 0.1, dim=1)
+    probs, labels = torch.cat([unsure, sure]), torch.zeros(60, dtype=torch.long)
+    by_entropy = select(probs, labels, 20, strategy="entropy").tolist()
+    picked = select(probs, labels, 20, strategy="entropy_random", seed=3).tolist()
+    assert max(by_entropy) < 30  # entropy alone: only the uncertain half
+    assert picked[0] == by_entropy[0] and set(by_entropy[:10]) <= set(picked)  # the entropy half, best first
+    assert len(set(picked)) == 20 and any(i >= 30 for i in picked)  # distinct, and the sure half is asked too
+    assert picked == select(probs, labels, 20, strategy="entropy_random", seed=3).tolist()  # seeded
+    assert picked != select(probs, labels, 20, strategy="entropy_random", seed=4).tolist()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -80,14 +80,16 @@ def test_the_sampler_ranks_the_scores_the_rounds_last_epoch_saved(round0_run, tm
     assert torch.allclose(probs.sum(1), torch.ones(len(train)), atol=1e-4)
     model, _ = load_checkpoint(checkpoint_path(run.checkpoint_dir, 0))
     chosen = run.choose_samples(model, 0, 5, exclude={1, 2})
-    assert chosen == [int(i) for i in select(probs, train.labels, 5, strategy="entropy", exclude={1, 2}, seed=run.config.seed * 1000)]
+    strategy = run.config.sampling.strategy
+    assert chosen == [int(i) for i in select(probs, train.labels, 5, strategy=strategy, exclude={1, 2},
+                                             seed=run.config.seed * 1000)]  # fmt: skip
     # An older checkpoint (no scores): the model scores the training set in eval mode.
     old = Run.create(tmp_path / "old", run.config)
     old.__dict__["datasets"] = run.datasets
     save_checkpoint(checkpoint_path(old.checkpoint_dir, 0), model, old.meta(0))
     eval_probs = predict_probs(model, train)
     assert old.choose_samples(model, 0, 5, exclude=set()) == [
-        int(i) for i in select(eval_probs, train.labels, 5, strategy="entropy", seed=run.config.seed * 1000)]
+        int(i) for i in select(eval_probs, train.labels, 5, strategy=strategy, seed=run.config.seed * 1000)]
 
 
 def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_thread):

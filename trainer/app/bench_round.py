@@ -86,7 +86,7 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
     # The budget, asked all at once by the round-0 model: what several rounds of feedback add up to.
     n = max(1, int(round(budget * len(train_set))))
     probs = predict_probs(model, train_set, device=cfg0.device)
-    asked = select(probs, train_set.labels, n, strategy="entropy", seed=round_seed(seed, 0))
+    asked = select(probs, train_set.labels, n, strategy=SamplingConfig().strategy, seed=round_seed(seed, 0))
     truth, rng = train_set.decoy_masks.numpy(), np.random.default_rng(seed)
     feedback = Feedback()
     for i in asked:
@@ -103,8 +103,8 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
                          score=arm != "plain")  # fmt: skip
         trained = time.perf_counter()
         if arm != "plain":  # what a feedback round adds before the next: pick images, explain them for the tasks
-            per_round = SamplingConfig().per_round
-            nxt = select(rr.train_probs, train_set.labels, per_round, strategy="entropy",
+            sampling = SamplingConfig()
+            nxt = select(rr.train_probs, train_set.labels, sampling.per_round, strategy=sampling.strategy,
                          exclude=feedback.given_ids(), seed=round_seed(seed, 1))  # fmt: skip
             images = torch.stack([train_set[int(i)][0] for i in nxt])
             explain_batch(net, images, grid)

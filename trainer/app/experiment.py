@@ -27,7 +27,7 @@ from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
 from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
 from trainer.core.models import build_model
-from trainer.core.sampling import predict_probs, select
+from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
@@ -46,7 +46,7 @@ class ExperimentConfig:
     image_size: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.01,)
-    strategies: tuple[str, ...] = ("entropy",)
+    strategies: tuple[str, ...] = (SamplingConfig().strategy,)
     rounds: int = 5
     cell_px: int | None = None
     train_fraction: float = 1.0
@@ -209,7 +209,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=float, nargs="+", default=[0.01],
                    help="share of training images that may receive feedback over all rounds (several: a sweep)")
-    p.add_argument("--strategy", nargs="+", default=["entropy"],
+    p.add_argument("--strategy", nargs="+", default=[SamplingConfig().strategy],
                    help="sampler(s): entropy, confident_mistakes, margin, random")
     p.add_argument("--rounds", type=int, default=5, help="feedback rounds after the initial round")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
