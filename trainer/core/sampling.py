@@ -145,15 +145,19 @@ def _random_keys(p, y, rng) -> list[np.ndarray]:
     return [rank]
 
 
+EXPLORE = 0.5  # entropy_random: the share of picks that follow the random order
+
+
 def _entropy_random_keys(p, y, rng) -> list[np.ndarray]:
-    # Picks alternate between the entropy ranking and a seeded random order, each skipping what the other took:
-    # slot 2r for the r-th most uncertain image, 2r + 1 for the r-th of the permutation; an image keeps its
-    # earlier slot. Entropy alone starves on a shortcut in only part of the images: the model is sure of exactly
-    # those, so it asks about the rest (ruler-mnist: 0 of 40 questions had a ruler at seed 2).
+    # Entropy and a seeded random order share the picks, EXPLORE of them random: the r-th most uncertain image
+    # gets slot r / (1 - EXPLORE), the r-th of the permutation (r + 1/2) / EXPLORE (EXPLORE = 1/2: slots 2r and
+    # 2r + 1, alternately); an image keeps its earlier slot. Entropy alone starves on a shortcut in only part of
+    # the images: the model is sure of exactly those, so it asks about the rest (ruler-mnist: 0 of 40
+    # questions had a ruler at seed 2).
     by_entropy = np.empty(p.shape[0], dtype=np.int64)
     by_entropy[np.argsort(-entropy(p).double().numpy(), kind="stable")] = np.arange(p.shape[0])
     (by_chance,) = _random_keys(p, y, rng)
-    return [np.minimum(2 * by_entropy, 2 * by_chance + 1)]
+    return [np.minimum(by_entropy / (1 - EXPLORE), (by_chance + 0.5) / EXPLORE)]
 
 
 SAMPLERS: dict[str, SortKeys] = {
