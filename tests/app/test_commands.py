@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainer.app.cli import main
@@ -67,3 +68,43 @@ def test_init_on_a_built_in_dataset_takes_its_shape(tmp_path, dataset, expected)
     assert main(["init", str(tmp_path / "run"), "--dataset", dataset]) == 0
     c = Run.open(tmp_path / "run").config
     assert (c.model, c.image_size, c.channels) == expected
+
+
+@pytest.fixture(scope="module")
+def frame_folder(tmp_path_factory):
+    """frame-mnist at seed 1 written to disk by ``hitl datasets --export`` (5,000 PNGs and their masks)."""
+    root = tmp_path_factory.mktemp("frame") / "frame-mnist"
+    assert main(["datasets", "--export", "frame-mnist", str(root), "--seed", "1"]) == 0
+    return root
+
+
+def _by_sample_id(part):
+    """A folder split's images, labels and true masks back in the exported dataset's order (files are <id>.png)."""
+    ids = [int(p.stem) for p in part.paths]
+    order = np.argsort(ids)
+    images = torch.stack([part[int(i)][0] for i in order])
+    return sorted(ids), images, part.labels[order], part.decoy_masks[order]
+
+
+def test_folder_export_and_init_reproduce_the_experiment(frame_folder, tmp_path):
+    """``hitl experiment --dataset frame-mnist --seeds 1 --budget 0.01 --rounds 5`` against ``hitl datasets --export
+    ... --seed 1`` + ``hitl init --dataset folder:DIR --seed 1 --per-round 8``: the same training and test images
+    (only their order differs: class folders), labels, true masks, grid, model, training settings and seeds, and
+    the same images asked per round."""
+    from trainer.app.experiment import ExperimentConfig, round_budgets
+    from trainer.data.registry import load_dataset
+
+    cfg = ExperimentConfig(datasets=("frame-mnist",), seeds=(1,), budgets=(0.01,), rounds=5)
+    assert main(["init", str(tmp_path / "run"), "--dataset", f"folder:{frame_folder}", "--seed", "1",
+                 "--per-round", "8"]) == 0  # fmt: skip
+    run = Run.open(tmp_path / "run")
+    for ours, theirs in zip(run.datasets, load_dataset("frame-mnist", seed=1)):  # train, then test: no new split
+        ids, images, labels, masks = _by_sample_id(ours)
+        assert ids == list(range(len(theirs)))
+        assert torch.equal(images, theirs.images) and torch.equal(labels, theirs.labels)
+        assert torch.equal(masks, theirs.decoy_masks)
+    c = run.config
+    assert (c.model, c.image_size, c.channels, c.seed, c.train, c.sampling.strategy) == (
+        cfg.model, 28, 1, 1, cfg.train, cfg.strategies[0])
+    assert run.grid.shape == (7, 7) and c.cell_px == 28 // 7  # the experiment's grid: cell_px None is 7 x 7
+    assert round_budgets(cfg.budgets[0], len(run.datasets[0]), cfg.rounds) == [c.sampling.per_round] * cfg.rounds

@@ -65,6 +65,8 @@ def register(sub) -> None:
                    help="write a built-in dataset as image folders (DIR/train, DIR/test; true masks as "
                         "<id>.mask.png), to try the folder:PATH path with it")
     p.add_argument("--image-size", type=int, default=None, help="with --export: the size to write")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --export: the seed of the confounder's draws (`hitl experiment --seeds`)")
     p.set_defaults(func=_datasets)
     _register_label_studio(sub)
 
@@ -90,7 +92,7 @@ def _datasets(args) -> int:
     if args.export:
         name, directory = args.export
         check_choice(name, "built-in dataset", DATASETS)
-        train, test = load_dataset(name, size=args.image_size)
+        train, test = load_dataset(name, size=args.image_size, seed=args.seed)
         for part, data in (("train", train), ("test", test)):
             write_folder(data, Path(directory) / part)
         print(f"wrote {len(train)} + {len(test)} images of {name} to {directory}: use --dataset folder:{directory}")

@@ -84,6 +84,13 @@ def arm_names(cfg: ExperimentConfig) -> list[tuple[str, str, float, str]]:
     return out
 
 
+def round_budgets(budget: float, n_train: int, rounds: int) -> list[int]:
+    """New images asked about in each feedback round: ``budget * n_train`` spread as evenly as whole images
+    allow (``hitl init --per-round`` is the user's side of it)."""
+    total = round(budget * n_train)
+    return [total * r // rounds - total * (r - 1) // rounds for r in range(1, rounds + 1)]
+
+
 def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: float, strategy: str) -> dict:
     """Train one arm for one seed; returns acc, min_loss, irrelevant_share, annotated_fraction, history."""
     started = time.perf_counter()
@@ -104,12 +111,12 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
     feedback = Feedback()
     if kind == "rrr_all":
         feedback.cells = {i: simulated_cells(truth[i], grid, cfg.annotator, rng) for i in range(len(train))}
-    total = int(round(budget * len(train)))
+    per_round = round_budgets(budget, len(train), cfg.rounds)
     history, losses = [], []
     result = None
     for round_ in range(cfg.rounds + 1):
         if kind == "hitl" and round_ > 0:
-            n_new = total * round_ // cfg.rounds - total * (round_ - 1) // cfg.rounds
+            n_new = per_round[round_ - 1]
             probs = result.train_probs  # as `hitl run` picks: the scores of round_ - 1's last epoch
             if probs is None or bool(torch.isnan(probs).any()):
                 probs = predict_probs(model, train)
