@@ -5,7 +5,8 @@ import json
 import pytest
 
 from trainer.app.cli import main
-from trainer.app.experiment import ExperimentConfig, arm_names
+from trainer.app.experiment import ExperimentConfig, arm_names, run_arm, run_clean
+from trainer.core.loop import TrainConfig
 
 
 def test_sweep_names_arms_apart():
@@ -41,3 +42,19 @@ def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
         assert arms["rrr_all"]["irrelevant_share"][0] < arms["baseline"]["irrelevant_share"][0]
     printed = capsys.readouterr().out
     assert "watermark-mnist" in printed and "rrr_all" in printed and "wall time" in printed
+
+
+def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(one_torch_thread):
+    """The family's datasets share one clean twin: one clean model, scored on each test set after every epoch,
+    gives each dataset exactly what its own clean arm gives (accuracy per round, min loss, irrelevant share)."""
+    cfg = ExperimentConfig(datasets=("decoy-mnist", "watermark-mnist"), seeds=(0,), rounds=1, train_fraction=0.1,
+                           image_size=21, saliency="saliency", share_images=50, train=TrainConfig(epochs=2))  # fmt: skip
+    shared = run_clean(cfg, cfg.datasets, 1)
+    assert list(shared) == list(cfg.datasets)
+    for d in cfg.datasets:
+        alone = run_arm(cfg, d, "clean", 1, 0.0, "")
+        for key in ("acc", "min_loss", "irrelevant_share", "history"):
+            assert shared[d][key] == pytest.approx(alone[key]) if key != "history" else shared[d][key] == alone[key]
+    assert shared["decoy-mnist"]["acc"] != shared["watermark-mnist"]["acc"]  # scored on each one's own test set
+    with pytest.raises(ValueError, match="one clean twin"):
+        run_clean(cfg, ("decoy-mnist", "decoy-mnist-rgb"), 0)

@@ -7,6 +7,9 @@ Arms, each trained for the same number of epochs, ``(rounds + 1) * epochs``:
 - ``hitl``: round 0 without feedback, then ``rounds`` feedback rounds; each round the sampler picks
   ``budget * N_train / rounds`` new images, the simulated annotator marks the grid cells that overlap the true
   decoy, and training continues with every mask given so far.
+
+The clean arm of datasets that share a clean twin (the whole built-in family) trains the same model for each, so
+it is trained once per twin and seed and scored on every dataset's test set (``run_clean``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from label_config.grid import Grid
 from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
-from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
+from trainer.core.loop import Parallel, TrainConfig, evaluate, make_optimizer, round_seed, train_round
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
@@ -138,6 +142,53 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
     }
 
 
+class _EveryTestSet(Parallel):
+    """One process, but each evaluation scores the model on several test sets (``tests``: dataset name -> test
+    set) and keeps every (accuracy, loss) in ``scores``; ``train_round`` sees the first set's."""
+
+    def __init__(self, tests: dict[str, Dataset]) -> None:
+        self.tests = tests
+        self.scores: dict[str, list[tuple[float, float]]] = {name: [] for name in tests}
+
+    def evaluate(self, model, dataset, device, *, progress: bool = False) -> tuple[float, float]:
+        for name, test in self.tests.items():
+            self.scores[name].append(evaluate(model, test, device=device, progress=progress))
+        return next(iter(self.scores.values()))[-1]
+
+
+def run_clean(cfg: ExperimentConfig, datasets: tuple[str, ...], seed: int) -> dict[str, dict]:
+    """The ``clean`` arm of several datasets that share one clean twin: the model trains once (the same data,
+    seed and schedule as ``run_arm(cfg, d, "clean", seed, ...)`` would train for each ``d``) and is scored on
+    every dataset's confounded test set after each epoch. Returns ``run_arm``'s dict per dataset."""
+    started = time.perf_counter()
+    twins = {clean_twin(d) for d in datasets}
+    if len(twins) != 1:
+        raise ValueError(f"run_clean needs datasets with one clean twin, got {sorted(map(str, twins))}")
+    size = cfg.image_size
+    train = train_fraction(load_dataset(twins.pop(), seed=seed, size=size)[0], cfg.train_fraction, seed=seed)
+    tests = {d: load_dataset(d, seed=seed, size=size)[1] for d in datasets}
+    _, h, w = train.image_shape
+    grid = Grid.from_cell_px(h, w, cfg.cell_px or max(1, h // 7))
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(train.classes), train.image_shape[0], h)
+    optimizer = make_optimizer(model, cfg.train)
+    every = _EveryTestSet(tests)
+    ends = []  # per round: how many evaluations had been made when it ended
+    for round_ in range(cfg.rounds + 1):
+        train_round(model, train, Feedback(), grid, cfg.train, optimizer=optimizer, val_set=next(iter(tests.values())),
+                    seed=round_seed(seed, round_), parallel=every)  # fmt: skip
+        ends.append(len(next(iter(every.scores.values()))))
+    seconds = time.perf_counter() - started
+    out = {}
+    for d, test in tests.items():
+        scores = every.scores[d]
+        history = [{"round": r, "acc": scores[n - 1][0], "annotated": 0} for r, n in enumerate(ends)]
+        out[d] = {"acc": history[-1]["acc"], "min_loss": float(min(loss for _, loss in scores)),
+                  "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
+                  "annotated_fraction": 0.0, "history": history, "seconds": seconds}  # fmt: skip
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:
     """Every dataset x arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given:
     one table per dataset under ``datasets``."""
@@ -145,11 +196,26 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
             for seed in cfg.seeds]  # fmt: skip
     results: dict = {"config": _jsonable(asdict(cfg)), "datasets": {d: {"arms": {}} for d in cfg.datasets}}
     started = time.perf_counter()
+    # The clean arm trains the same model for every dataset with the same clean twin: once per (twin, seed).
+    sharing: dict[tuple, list[str]] = {}
+    for d in cfg.datasets:
+        for seed in cfg.seeds:
+            sharing.setdefault((clean_twin(d), seed), []).append(d)
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:  # one thread per worker
-        futures = [(job, pool.submit(run_arm, cfg, *job[:1], *job[2:])) for job in jobs]
+        shared: dict[tuple, object] = {}
+        futures = []
+        for job in jobs:
+            dataset, _, kind, seed = job[:4]
+            if kind != "clean":
+                futures.append((job, pool.submit(run_arm, cfg, *job[:1], *job[2:])))
+                continue
+            key = (clean_twin(dataset), seed)
+            if key not in shared:
+                shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
+            futures.append((job, shared[key]))
         for (dataset, name, kind, seed, _, _), fut in futures:
-            r = fut.result()
+            r = fut.result()[dataset] if kind == "clean" else fut.result()
             log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
                 f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
             arms = results["datasets"][dataset]["arms"]
