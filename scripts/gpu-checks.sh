@@ -12,6 +12,7 @@ set -u
 PART="${1:-bench}"
 shift || true
 SEEDS="${*:-0}"
+case "$PART" in bench | family) ;; *) echo "gpu-checks.sh: unknown part '$PART' (bench, or family SEEDS...)" >&2; exit 2 ;; esac
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
 # The device machine has its own Python with torch (no .venv there); missing packages (captum, ...) travel as
