@@ -12,6 +12,8 @@ from trainer.app.report import AskedRow, asked_rows, build_report, render_html
 from trainer.runs.ledger import Question
 from trainer.runs.run import Run, RunConfig, with_overrides
 
+from tests.browser import chromium_page
+
 TINY = {"train.epochs": 2, "train.batch_size": 256, "train.replay": 4}
 
 
@@ -89,10 +91,6 @@ def test_report_refuses_a_run_without_rounds(tmp_path, capsys):
     assert "no trained round yet" in capsys.readouterr().err
 
 
-
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never downloaded
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "report"  # gitignored; docs/report.png comes from here
 _IMAGES = "() => Array.from(document.images).map(img => ({complete: img.complete, width: img.naturalWidth}))"
 
@@ -102,10 +100,6 @@ _IMAGES = "() => Array.from(document.images).map(img => ({complete: img.complete
 def test_report_of_a_real_run_renders_in_chromium(tmp_path, label_studio, monkeypatch, one_torch_thread):
     """A decoy-mnist run through the real Label Studio with the simulated annotator, its report opened from
     disk in headless Chromium: every picture decodes and the console stays free of errors."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
     monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     run_dir = tmp_path / f"{tmp_path.name}-run"
@@ -116,20 +110,15 @@ def test_report_of_a_real_run_renders_in_chromium(tmp_path, label_studio, monkey
     page_path = run_dir / "report.html"
 
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1150, "height": 900})
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(page_path.resolve().as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate(_IMAGES)
-            headings = page.locator("h2").all_inner_texts()
-            OUTPUT.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(OUTPUT / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(width=1150, height=900) as page:
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate(_IMAGES)
+        headings = page.locator("h2").all_inner_texts()
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "report.png"), full_page=True)
     assert errors == []
     assert len(images) == 1 + 3 * 6  # the curves, then image / when asked / now for 6 annotated images
     assert all(i["complete"] and i["width"] > 0 for i in images)

@@ -30,27 +30,12 @@ from trainer.labelstudio.client import connect, local_file_url
 from trainer.labelstudio.link import connect_project
 from trainer.labelstudio.push import display_px, label_config_for, push
 
+from tests.browser import PICTURES, labelling_page
+
 pytestmark = pytest.mark.labelstudio
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; the test never downloads a browser
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 # docs/image-only-task.png is a copy of this, committed by hand: a test run never changes a tracked file.
 SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "image-only-task.png"
-LOAD_MS = 90_000  # the labelling page on 2 busy cores
-# Each Image object's picture in the labelling page, in config order (the task image, then the overlay): size and
-# mean colour read back through a canvas (Label Studio shows both as blob: URLs), so the test knows which arrived.
-_PICTURES = """() => Array.from(document.querySelectorAll('.lsf-main-view__annotation .lsf-image img')).map(img => {
-  if (!img.complete || img.naturalWidth === 0) return {width: 0};
-  const canvas = document.createElement('canvas');
-  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-  const ctx = canvas.getContext('2d');
-  ctx.drawImage(img, 0, 0);
-  const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  const mean = [0, 0, 0];
-  for (let i = 0; i < px.length; i += 4) for (let k = 0; k < 3; k++) mean[k] += px[i + k];
-  return {width: img.naturalWidth, height: img.naturalHeight, mean: mean.map(m => m / (px.length / 4))};
-})"""
 
 
 def mean_rgb(picture: Image.Image) -> np.ndarray:
@@ -148,13 +133,6 @@ def test_a_pushed_project_takes_image_only_tasks_and_the_backend_attaches_their_
 
 @pytest.mark.browser
 def test_an_image_only_task_shows_its_overlay_in_the_browser(fresh_run, ls_client, label_studio, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package", pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Playwright Python client is missing: pip install -e '.[test]'", pytrace=False)
-
     run = fresh_run
     link = connect_project(run, ls_client, label_studio.url, document_root=label_studio.document_root)
     push(run, ls_client, link.project_id, n=1, document_root=link.document_root)
@@ -164,22 +142,9 @@ def test_an_image_only_task_shows_its_overlay_in_the_browser(fresh_run, ls_clien
         assert app.extensions["hitl"]["model"].overlays.wait(60)
 
     shot = tmp_path / "image-only-task.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(LOAD_MS)
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", label_studio.username)
-            page.fill("input[name=password]", label_studio.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
-            page.goto(f"{label_studio.url}/projects/{link.project_id}/data?task={task_id}")
-            page.wait_for_function(f"({_PICTURES})().filter(p => p.width > 0).length === 2")
-            pictures = page.evaluate(_PICTURES)
-            page.screenshot(path=str(shot))
-        finally:
-            browser.close()
+    with labelling_page(label_studio, link.project_id, task_id, height=900) as page:
+        pictures = page.evaluate(PICTURES)
+        page.screenshot(path=str(shot))
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOT)
 
