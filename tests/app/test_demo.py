@@ -118,7 +118,7 @@ def test_demo_resumes_and_keeps_label_studio_running_until_ctrl_c(finished_demo)
         assert hooks == [f"{results['backend_url']}/webhook"]
         assert answers(results["backend_url"])
         proc.send_signal(signal.SIGINT)
-        out += proc.communicate(timeout=60)[0]
+        out += proc.communicate(timeout=180)[0]  # stopping Label Studio and the backend; minutes on a loaded machine
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -30,7 +30,7 @@ def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["datasets"]) == ["decoy-mnist", "watermark-mnist"]  # one table per dataset
-    assert results["config"]["image_size"] == 21
+    assert results["config"]["image_size"] == 21 and results["finished"] is True
     for table in results["datasets"].values():
         arms = table["arms"]
         assert set(arms) == {"baseline", "clean", "rrr_all", "hitl"}
@@ -58,3 +58,24 @@ def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(on
     assert shared["decoy-mnist"]["acc"] != shared["watermark-mnist"]["acc"]  # scored on each one's own test set
     with pytest.raises(ValueError, match="one clean twin"):
         run_clean(cfg, ("decoy-mnist", "decoy-mnist-rgb"), 0)
+
+
+def test_results_json_holds_every_finished_arm_before_the_run_ends(tmp_path, one_torch_thread):
+    """A long run cut short keeps what it did: when an arm is reported, the file already holds the arms before it,
+    marked unfinished; at the end it holds all of them, finished."""
+    from trainer.app.experiment import run_experiment
+
+    cfg = ExperimentConfig(datasets=("decoy-mnist",), seeds=(0, 1), arms=("baseline",), rounds=1, train_fraction=0.05,
+                           image_size=14, saliency="saliency", share_images=20, train=TrainConfig(epochs=1), workers=1)  # fmt: skip
+    seen = []
+
+    def log(line: str) -> None:
+        path = tmp_path / "results.json"
+        if path.exists():
+            on_disk = json.loads(path.read_text())
+            seen.append((on_disk["finished"], len(on_disk["datasets"]["decoy-mnist"]["arms"]["baseline"]["acc"])))
+
+    final = run_experiment(cfg, tmp_path, log=log)
+    assert seen == [(False, 1)]  # the second arm's report found the first one on disk
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["finished"] is True and on_disk["datasets"] == final["datasets"]

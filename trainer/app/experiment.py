@@ -191,7 +191,7 @@ def run_clean(cfg: ExperimentConfig, datasets: tuple[str, ...], seed: int) -> di
 
 def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:
     """Every dataset x arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given:
-    one table per dataset under ``datasets``."""
+    one table per dataset under ``datasets``, rewritten as each arm finishes (``finished`` false until the last)."""
     jobs = [(d, name, kind, seed, b, s) for d in cfg.datasets for name, kind, b, s in arm_names(cfg)
             for seed in cfg.seeds]  # fmt: skip
     results: dict = {"config": _jsonable(asdict(cfg)), "datasets": {d: {"arms": {}} for d in cfg.datasets}}
@@ -225,9 +225,11 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
             arm.setdefault("history", []).append(r["history"])
             if kind == "hitl":
                 arm.setdefault("annotated_fraction", []).append(r["annotated_fraction"])
+            if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
+                write_json(out / "results.json", {**results, "finished": False})
     results["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / "results.json", results)
+        write_json(out / "results.json", {**results, "finished": True})
     return results
 
 
