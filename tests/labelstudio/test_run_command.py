@@ -61,11 +61,12 @@ def test_interrupted_run_resumes_without_pushing_or_training_twice(fresh_run, ls
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.app.cli", "run", str(run.directory), "--rounds", "1", "--poll-seconds", "0.5",
          *ls_env], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job starts with SIGINT ignored
     )  # fmt: skip
     try:
         _wait_for_pushed(run.directory / "ledger.sqlite", proc, expect=run.config.sampling.per_round)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=180)  # a loaded 2-core machine took over 60 s
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
