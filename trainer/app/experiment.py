@@ -99,13 +99,11 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
     """Train one arm for one seed; returns acc, min_loss, irrelevant_share, annotated_fraction, history."""
     started = time.perf_counter()
     size = cfg.image_size
+    if kind == "clean":  # the same digits without the confounder, judged on the decoy test set
+        return run_clean(cfg, (dataset,), seed)[dataset]
     decoy_train, test = load_dataset(dataset, seed=seed, size=size)  # every arm is judged on the decoy test set
-    decoy_train = train_fraction(decoy_train, cfg.train_fraction, seed=seed)
-    train = decoy_train
-    if kind == "clean":  # the same digits without the confounder
-        clean = load_dataset(clean_twin(dataset), seed=seed, size=size)[0]
-        train = train_fraction(clean, cfg.train_fraction, seed=seed)
-    truth = decoy_train.decoy_masks.numpy()
+    train = train_fraction(decoy_train, cfg.train_fraction, seed=seed)
+    truth = train.decoy_masks.numpy()
     _, h, w = train.image_shape
     grid = Grid.from_cell_px(h, w, cfg.cell_px or max(1, h // 7))
     torch.manual_seed(seed)

@@ -63,7 +63,7 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
     scale-invariant like CE. A layer that would see one value per channel (a BatchNorm1d on one
     row) falls back to its running statistics for that call.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = batchnorms(model)
     saved = [(m, m.training, m.momentum) for m in bns]
     handles = []
     for m in bns:
@@ -81,9 +81,13 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``model`` (a row's output depends on the other rows through them)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    """Whether any layer of ``model`` is a batch norm (its output for a row depends on the other rows)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(batchnorms(model))
 
 
 def _single_value_falls_back(module: nn.Module, args) -> None:
