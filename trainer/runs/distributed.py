@@ -87,9 +87,15 @@ def setup(env: DistEnv, device: str = "cpu") -> torch.device:
     return dev
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(*, finished: bool = True) -> None:
+    """Leave the process group. After a normal finish the ranks first meet at a barrier, so no rank closes its
+    connections while another still uses them; after an error there is no barrier (the other ranks may never
+    reach it)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 class DdpParallel(Parallel):
@@ -172,13 +178,15 @@ def train_rounds(run_dir: Path, rounds: int, env: DistEnv) -> int:
     """Train ``rounds`` rounds of a run directory in a torchrun job; rank 0 prints one JSON line per round."""
     run = Run.open(run_dir)
     device = setup(env, run.config.train.device)
+    finished = False
     try:
         for _ in range(rounds):
             record = train_next_round(run, env, device)
             if env.rank == 0:
                 print(json.dumps({k: record[k] for k in ("round", "model_version", "annotated", "acc", "world_size")}))
+        finished = True
     finally:
-        teardown()
+        teardown(finished=finished)
     return 0
 
 
