@@ -28,7 +28,7 @@ from label_config.grid import Grid
 from trainer.core.feedback import Feedback
 from trainer.core.loop import Labelled, Parallel, TrainConfig, train_round
 from trainer.data.benchmarks import TensorDataset
-from trainer.runs.distributed import DdpParallel, DistEnv, setup, teardown
+from trainer.runs.distributed import DdpParallel, DistEnv, process_group
 
 WORLD = 2
 N, SIZE, CLASSES = 16, 8, 3
@@ -72,9 +72,7 @@ def _rank_main(rank: int, port: int, case: str, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     env = DistEnv(rank, WORLD, rank)
-    device = setup(env, "cpu")
-    finished = False
-    try:
+    with process_group(env, "cpu") as device:
         cfg, annotated = CASES[case]
         model = tiny_model()
         sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr)
@@ -82,12 +80,9 @@ def _rank_main(rank: int, port: int, case: str, out: str) -> None:
                              parallel=DdpParallel(env, device))  # fmt: skip
         torch.save({"params": [p.detach() for p in model.parameters()], "result": result.to_dict()},
                    Path(out) / f"rank{rank}.pt")  # fmt: skip
-        finished = True
-    finally:
-        teardown(finished=finished)
     # A rank once died with SIGABRT in CI and once in ~330 runs here ("terminate called without an active
     # exception": a C++ thread destroyed while running; no Python traceback, so where is not known). The
-    # barrier in teardown keeps a rank from closing connections another still uses; leaving with os._exit
+    # barrier in process_group keeps a rank from closing connections another still uses; leaving with os._exit
     # skips the interpreter's own teardown of gloo's threads. An abort before the save still fails the test.
     sys.stdout.flush(), sys.stderr.flush()
     os._exit(0)

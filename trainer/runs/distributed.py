@@ -30,7 +30,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,8 +76,11 @@ class DistEnv:
             raise ValueError(f"torchrun environment is not integers: {values}") from None
 
 
-def setup(env: DistEnv, device: str = "cpu") -> torch.device:
-    """Join the process group (nccl on CUDA, gloo on CPU); the device this rank trains on."""
+@contextmanager
+def process_group(env: DistEnv, device: str = "cpu") -> Iterator[torch.device]:
+    """Join the process group (nccl on CUDA, gloo on CPU) and yield the device this rank trains on; leave it
+    on the way out. After a normal finish the ranks first meet at a barrier, so no rank closes its connections
+    while another still uses them; after an error there is no barrier (the other ranks may never reach it)."""
     if device.startswith("cuda"):
         torch.cuda.set_device(env.local_rank)
         backend, dev = "nccl", torch.device("cuda", env.local_rank)
@@ -84,18 +88,11 @@ def setup(env: DistEnv, device: str = "cpu") -> torch.device:
         backend, dev = "gloo", torch.device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
-    return dev
-
-
-def teardown(*, finished: bool = True) -> None:
-    """Leave the process group. After a normal finish the ranks first meet at a barrier, so no rank closes its
-    connections while another still uses them; after an error there is no barrier (the other ranks may never
-    reach it)."""
-    if not dist.is_initialized():
-        return
-    if finished:
+    try:
+        yield dev
         dist.barrier()
-    dist.destroy_process_group()
+    finally:
+        dist.destroy_process_group()
 
 
 class DdpParallel(Parallel):
@@ -177,16 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 def train_rounds(run_dir: Path, rounds: int, env: DistEnv) -> int:
     """Train ``rounds`` rounds of a run directory in a torchrun job; rank 0 prints one JSON line per round."""
     run = Run.open(run_dir)
-    device = setup(env, run.config.train.device)
-    finished = False
-    try:
+    with process_group(env, run.config.train.device) as device:
         for _ in range(rounds):
             record = train_next_round(run, env, device)
             if env.rank == 0:
                 print(json.dumps({k: record[k] for k in ("round", "model_version", "annotated", "acc", "world_size")}))
-        finished = True
-    finally:
-        teardown(finished=finished)
     return 0
 
 
