@@ -103,6 +103,11 @@ def display_px_for(grid: Grid, target: int = 224) -> int:
     return max(grid.cols, int(round(target / grid.cols)) * grid.cols)
 
 
+def display_px(grid: Grid) -> int:
+    """The width at which tasks show images: one owner for the config, the PNGs and the suggestions."""
+    return display_px_for(grid, 224)
+
+
 # Zoom (wheel and toolbar buttons), brightness and contrast sliders in each Image's toolbar: a faint confounder
 # (a watermark, a ruler's ticks) is often only visible with more contrast. The grid zooms with the image.
 VIEW_CONTROLS = {"zoom": "true", "zoomControl": "true", "brightnessControl": "true", "contrastControl": "true"}

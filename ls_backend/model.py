@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from label_config.config import suggestion_result
+from label_config.config import display_px, suggestion_result
 from label_config.controls import ConfigControls, check_config
 from label_config.grid import Grid
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
@@ -36,7 +36,6 @@ from trainer.explain.overlay import overlay_image
 from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.loop import training_round
-from trainer.labelstudio.push import display_px
 from trainer.runs.checkpoint import (
     checkpoint_round,
     latest_checkpoint,

@@ -79,3 +79,21 @@ def test_results_json_holds_every_finished_arm_before_the_run_ends(tmp_path, one
     assert seen == [(False, 1)]  # the second arm's report found the first one on disk
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["finished"] is True and on_disk["datasets"] == final["datasets"]
+
+
+def test_results_keep_an_arm_that_finished_before_those_listed_ahead_of_it():
+    """With several workers a later job can finish first (seed 1 before seed 0, hitl before baseline): the results
+    hold it at once, in job order, with the seeds its lists are for."""
+    from trainer.app.experiment import _results
+
+    cfg = ExperimentConfig(datasets=("decoy-mnist",), seeds=(0, 1), arms=("baseline", "hitl"))
+    jobs = [("decoy-mnist", name, kind, seed, b, s) for name, kind, b, s in arm_names(cfg) for seed in cfg.seeds]
+    r = {"acc": 0.9, "min_loss": 0.3, "irrelevant_share": 0.2, "history": [], "annotated_fraction": 0.01}
+    hitl_seed_1 = next(j for j in jobs if j[2] == "hitl" and j[3] == 1)
+    arms = _results(cfg, jobs, {hitl_seed_1: r})["datasets"]["decoy-mnist"]["arms"]
+    assert list(arms) == [hitl_seed_1[1]] and arms[hitl_seed_1[1]]["seeds"] == [1]
+    assert arms[hitl_seed_1[1]]["acc"] == [0.9] and arms[hitl_seed_1[1]]["annotated_fraction"] == [0.01]
+    baseline_seed_0 = next(j for j in jobs if j[2] == "baseline" and j[3] == 0)
+    arms = _results(cfg, jobs, {hitl_seed_1: r, baseline_seed_0: {**r, "acc": 0.5}})["datasets"]["decoy-mnist"]["arms"]
+    assert list(arms) == ["baseline", hitl_seed_1[1]] and arms["baseline"] == {
+        "seeds": [0], "acc": [0.5], "min_loss": [0.3], "irrelevant_share": [0.2], "history": [[]]}

@@ -21,14 +21,14 @@ from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 from werkzeug.serving import make_server
 
-from label_config.config import VIEW_CONTROLS
+from label_config.config import VIEW_CONTROLS, display_px
 from label_config.names import IMAGE, IMAGE_KEY, SALIENCY, SALIENCY_KEY
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
 from trainer.explain.overlay import image_to_pil
 from trainer.labelstudio.client import connect, local_file_url
 from trainer.labelstudio.link import connect_project
-from trainer.labelstudio.push import display_px, label_config_for, push
+from trainer.labelstudio.push import label_config_for, push
 
 from tests.browser import PICTURES, labelling_page
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -189,45 +189,62 @@ def run_clean(cfg: ExperimentConfig, datasets: tuple[str, ...], seed: int) -> di
 
 def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print) -> dict:
     """Every dataset x arm x seed, ``cfg.workers`` processes at a time. Writes ``out/results.json`` when given:
-    one table per dataset under ``datasets``, rewritten as each arm finishes (``finished`` false until the last)."""
-    jobs = [(d, name, kind, seed, b, s) for d in cfg.datasets for name, kind, b, s in arm_names(cfg)
-            for seed in cfg.seeds]  # fmt: skip
-    results: dict = {"config": _jsonable(asdict(cfg)), "datasets": {d: {"arms": {}} for d in cfg.datasets}}
+    one table per dataset under ``datasets``, rewritten as each arm finishes (``finished`` false until the last).
+    Arms are recorded as they finish, whatever their order; the file lists them in job order, each arm with the
+    ``seeds`` its lists hold, so a run cut short keeps every arm it finished."""
+    # Seed by seed: a run cut short has every dataset and arm at its first seeds.
+    jobs = [(d, name, kind, seed, b, s) for seed in cfg.seeds for d in cfg.datasets
+            for name, kind, b, s in arm_names(cfg)]  # fmt: skip
     started = time.perf_counter()
     # The clean arm trains the same model for every dataset with the same clean twin: once per (twin, seed).
     sharing: dict[tuple, list[str]] = {}
     for d in cfg.datasets:
         for seed in cfg.seeds:
             sharing.setdefault((clean_twin(d), seed), []).append(d)
+    done: dict[tuple, dict] = {}  # job -> run_arm's dict
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:  # one thread per worker
+        waiting: dict = {}  # future -> the jobs it answers
         shared: dict[tuple, object] = {}
-        futures = []
         for job in jobs:
             dataset, _, kind, seed = job[:4]
             if kind != "clean":
-                futures.append((job, pool.submit(run_arm, cfg, *job[:1], *job[2:])))
+                waiting[pool.submit(run_arm, cfg, *job[:1], *job[2:])] = [job]
                 continue
             key = (clean_twin(dataset), seed)
             if key not in shared:
                 shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
-            futures.append((job, shared[key]))
-        for (dataset, name, kind, seed, _, _), fut in futures:
-            r = fut.result()[dataset] if kind == "clean" else fut.result()
-            log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
-                f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
-            arms = results["datasets"][dataset]["arms"]
-            arm = arms.setdefault(name, {"acc": [], "min_loss": [], "irrelevant_share": []})
-            for key in ("acc", "min_loss", "irrelevant_share"):
-                arm[key].append(r[key])
-            arm.setdefault("history", []).append(r["history"])
-            if kind == "hitl":
-                arm.setdefault("annotated_fraction", []).append(r["annotated_fraction"])
+                waiting[shared[key]] = []
+            waiting[shared[key]].append(job)
+        for fut in as_completed(waiting):
+            for job in waiting[fut]:
+                dataset, name, kind, seed = job[:4]
+                r = done[job] = fut.result()[dataset] if kind == "clean" else fut.result()
+                log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
+                    f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
             if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
-                write_json(out / "results.json", {**results, "finished": False})
+                write_json(out / "results.json", {**_results(cfg, jobs, done), "finished": False})
+    results = _results(cfg, jobs, done)
     results["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(out / "results.json", {**results, "finished": True})
+    return results
+
+
+def _results(cfg: ExperimentConfig, jobs: list[tuple], done: dict[tuple, dict]) -> dict:
+    """The results object from the finished jobs, in job order: per dataset, per arm, lists over its seeds."""
+    results: dict = {"config": _jsonable(asdict(cfg)), "datasets": {d: {"arms": {}} for d in cfg.datasets}}
+    for job in jobs:
+        if job not in done:
+            continue
+        (dataset, name, kind, seed), r = job[:4], done[job]
+        arm = results["datasets"][dataset]["arms"].setdefault(
+            name, {"seeds": [], "acc": [], "min_loss": [], "irrelevant_share": [], "history": []})
+        arm["seeds"].append(seed)
+        for key in ("acc", "min_loss", "irrelevant_share", "history"):
+            arm[key].append(r[key])
+        if kind == "hitl":
+            arm.setdefault("annotated_fraction", []).append(r["annotated_fraction"])
     return results
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from label_config.config import display_size
+from label_config.config import display_px, display_size
 from label_config.grid import Grid
 from label_config.names import (
     ANNOTATED,
@@ -24,8 +24,6 @@ from label_config.names import (
     SAMPLE_ID_KEY,
 )
 from trainer.core.checks import check_choice, check_share
-from trainer.labelstudio.client import annotate_as_browser
-from trainer.labelstudio.push import display_px
 from trainer.runs.run import Run
 
 SIMULATED_KINDS = ("rect", "point")
@@ -65,6 +63,8 @@ def simulate_annotator(run: Run, client, project_id: int, *, kind: str = "rect",
     probability ``miss_rate``: one rectangle inside each cell (``kind="rect"``) or a click on its centre
     (``"point"``), in percent of the displayed picture, as the labelling page posts them.
     """
+    from trainer.labelstudio.client import annotate_as_browser  # here: hitl experiment runs without the LS SDK
+
     check_choice(kind, "annotator kind", SIMULATED_KINDS)
     annotator = AnnotatorConfig(miss_rate=miss_rate)
     masks = run.datasets[0].decoy_masks  # (N, H, W) bool

@@ -26,7 +26,7 @@ from PIL import Image
 
 from label_config.config import (
     build_config,
-    display_px_for,
+    display_px,
     overlay_value,
     suggestion_result,
 )
@@ -56,11 +56,6 @@ from trainer.labelstudio.retry import activity
 from trainer.runs.atomic import atomic_write
 from trainer.runs.checkpoint import checkpoint_path, load_checkpoint
 from trainer.runs.run import Run
-
-
-def display_px(grid: Grid) -> int:
-    """The width at which tasks show images: one owner for the config, the PNGs and the suggestions."""
-    return display_px_for(grid, 224)
 
 
 def label_config_for(run: Run) -> str:
