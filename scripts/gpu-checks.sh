@@ -74,6 +74,8 @@ case "$PART" in
     all) steps; family $((DEADLINE - SECONDS - ROUNDS_S)); rounds ;;
 esac
 echo "done after $SECONDS s: $(ls "$OUT")" | tee -a "$OUT/log.txt"
-# At most 8 files come back from the device machine: every check's output travels in one archive.
-tar czf "$OUT/checks.tar.gz" -C "$OUT" --exclude checks.tar.gz . && find "$OUT" -mindepth 1 -not -name checks.tar.gz \
-    -not -name log.txt -not -name card.txt -delete
+# At most 8 files come back from the device machine: every check's output travels in one archive, written
+# beside $OUT first (tar fails on an archive that grows inside the folder it reads).
+archive=$(mktemp --suffix .tar.gz)
+tar czf "$archive" -C "$OUT" . && find "$OUT" -mindepth 1 -not -name log.txt -not -name card.txt -delete &&
+    mv "$archive" "$OUT/checks.tar.gz"
