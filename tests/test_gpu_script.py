@@ -52,7 +52,7 @@ def test_all_part_runs_steps_then_the_family_then_the_rounds(tmp_path):
     assert order.index("step-resnet50-224-bf16") < order.index("family-resnet18-112-seeds-0-1-2") < order.index(
         "round-resnet18-224-fp32")
     args = _offline_parser().parse_args(checks["family-resnet18-112-seeds-0-1-2"])
-    assert args.seeds == [0, 1, 2] and args.workers == 8 and args.device == "cuda"
+    assert args.seeds == [0, 1, 2] and args.workers == 14 and args.device == "cuda"
 
 
 def test_offline_cli_runs_without_the_label_studio_sdk(tmp_path):
