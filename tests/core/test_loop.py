@@ -14,6 +14,7 @@ from trainer.core.loop import (
     counterexample,
     evaluate,
     make_optimizer,
+    round_lr,
     train_round,
 )
 from trainer.core.models import build_model
@@ -221,3 +222,39 @@ def test_drawn_rows_ce_from_the_penalty_pass_trains_exactly_as_in_the_batch(monk
     monkeypatch.undo()
     model = build_model("small-cnn", 3, 1, 8)
     assert not loop.has_batchnorm(model) and loop.has_batchnorm(_small_resnet())
+
+
+def test_round_lr_is_constant_or_a_half_cosine_from_lr_to_zero():
+    assert [round_lr(0.01, "constant", t, 4) for t in range(4)] == [0.01] * 4
+    cosine = [round_lr(0.01, "cosine", t, 4) for t in range(5)]
+    assert cosine[0] == 0.01 and cosine[2] == pytest.approx(0.005) and cosine[4] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_step_trains_at_the_schedules_rate_and_a_round_starts_again_at_lr(schedule):
+    """The rate each optimizer step sees, two rounds of 8 steps: the schedule, restarted each round. A resumed
+    optimizer saved at another rate trains at the config's."""
+    torch.manual_seed(0)
+    data, lr = _data(32), 1e-3
+    model = build_model("small-cnn", 3, 1, 8)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=lr, lr_schedule=schedule)
+    optimizer = make_optimizer(model, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.5  # as a checkpoint from another config would restore it
+    rates = []
+    original = optimizer.step
+
+    def step(*args, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return original(*args, **kwargs)
+
+    optimizer.step = step
+    train_round(model, data, Feedback(), GRID, cfg, optimizer=optimizer)
+    train_round(model, data, Feedback(), GRID, cfg, optimizer=optimizer)
+    assert len(rates) == 16  # 2 rounds of 2 epochs of 4 steps
+    expected = [round_lr(lr, schedule, t, 8) for t in range(8)] * 2
+    assert rates == pytest.approx(expected)
+    assert rates[0] == lr and (rates[7] < 0.05 * lr if schedule == "cosine" else rates[7] == lr)

@@ -29,7 +29,15 @@ from torch.utils.data import Dataset
 from label_config.grid import Grid
 from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
-from trainer.core.loop import Parallel, TrainConfig, evaluate, make_optimizer, round_seed, train_round
+from trainer.core.loop import (
+    LR_SCHEDULES,
+    Parallel,
+    TrainConfig,
+    evaluate,
+    make_optimizer,
+    round_seed,
+    train_round,
+)
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
@@ -274,6 +282,7 @@ def config_from_args(args) -> ExperimentConfig:
         "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "warmup_steps": args.warmup, "counterexamples": args.counterexamples,
         "donors": args.donors, "penalty_every": args.penalty_every, "precision": args.precision,
+        "lr_schedule": args.lr_schedule,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
         datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
@@ -314,6 +323,8 @@ def register(sub) -> None:
                    help=f"refill from other images of the batch, not a random level (default {d.donors})")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help=f"learning rate within each round (default {d.lr_schedule}; cosine: from --lr to 0)")
     p.add_argument("--cell-px", type=int, default=None, help="grid cell side in pixels (default: a 7 x 7 grid)")
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--arms", nargs="+", default=["baseline", "clean", "rrr_all", "hitl"])

@@ -15,6 +15,7 @@ on what is there, so any content there keeps the label.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,7 +43,9 @@ class TrainConfig:
     ``penalty_every``: k > 1 draws the replay rows and takes the penalty on every k-th step only, at k times
     the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
     still counts every step since the first penalised one.
-    ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``)."""
+    ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``).
+    ``lr_schedule``: ``constant`` (``lr`` on every step), or ``cosine``: within each round the learning rate
+    falls from ``lr`` to 0 along a half cosine and starts again at ``lr`` the next round (see ``round_lr``)."""
 
     epochs: int = 3
     batch_size: int = 64
@@ -57,10 +60,23 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 0
     precision: str = "fp32"
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_choice(self.precision, "train.precision", PRECISIONS)
+        check_choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
         check_int(self.penalty_every, "train.penalty_every", minimum=1)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr(lr: float, schedule: str, step: int, steps: int) -> float:
+    """The learning rate of a round's ``step`` (0-based) of ``steps``: ``lr`` throughout (constant), or a half
+    cosine from ``lr`` at the first step to 0 after the last (cosine)."""
+    if schedule == "constant":
+        return lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, steps)))
 
 
 @dataclass
@@ -180,6 +196,7 @@ def train_round(
     # that pass normalises them by their own few rows' statistics; taking their CE there measured worse (the
     # collapse test's first feedback round fell 0.59 -> 0.43), so they join the batch's pass as before.
     fold = not has_batchnorm(model)
+    steps = cfg.epochs * len(loader)  # the round's steps, for the learning-rate schedule
     step = 0
     probs = None
     result = RoundResult(lam=cfg.lam)
@@ -232,6 +249,8 @@ def train_round(
                 loss = loss + (world * scale).to(pen_sum.dtype) * pen_sum
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:  # the config's rate: a resumed optimizer keeps the one it saved
+                group["lr"] = round_lr(cfg.lr, cfg.lr_schedule, step - 1, steps)
             optimizer.step()
             ce_b = ce_sum.detach().double()
             sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
