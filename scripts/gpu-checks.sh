@@ -4,7 +4,8 @@
 #   bash scripts/gpu-checks.sh all 0 1 2        everything below inside DEADLINE seconds (default 540)
 #   bash scripts/gpu-checks.sh bench            issue 10: step and round ratios at 224 px, fp32 and bf16
 #   bash scripts/gpu-checks.sh family 0 [1 2]   issue 8: ResNet-18 over the family at 112 px, these seeds (11 arms
-#                                               a seed: the clean arm is shared), WORKERS processes on the GPU
+#                                               a seed: the clean arm is shared), WORKERS processes on the GPU;
+#                                               FAMILY_ARGS adds experiment flags (e.g. "--lr-schedule cosine")
 # "all" runs the step benchmarks, then the family (whatever time the round benchmarks do not need), then the
 # rounds. Each check's output lands under $OUT (or ./gpu-out), one file per check (JSON from the benchmarks,
 # the per-arm lines from the experiment), the card in card.txt; a check that fails or runs out of time leaves
@@ -63,7 +64,8 @@ rounds() {  # issue 10: a feedback round against a plain round, with the penalty
 }
 
 family() {  # issue 8: FAMILY LIMIT; results.json is rewritten as each arm finishes
-    check "family-resnet18-112-seeds-${SEEDS// /-}" "$1" experiment \
+    # shellcheck disable=SC2086  # FAMILY_ARGS holds several flags
+    check "family-resnet18-112-seeds-${SEEDS// /-}" "$1" experiment ${FAMILY_ARGS:-} \
         --dataset decoy-mnist-rgb frame-mnist-rgb texture-mnist-rgb watermark-mnist-rgb ruler-mnist-rgb \
         --model resnet18 --image-size 112 --device cuda --seeds $SEEDS --budget 0.01 --rounds 5 \
         --arms baseline clean hitl --workers "$WORKERS" --out "$OUT/family-resnet18-112"

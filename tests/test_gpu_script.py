@@ -77,6 +77,13 @@ def test_family_part_names_every_confounded_rgb_dataset_and_the_seeds(tmp_path):
     assert (args.model, args.image_size, args.device, args.budget) == ("resnet18", 112, "cuda", [0.01])
 
 
+def test_family_args_reach_the_experiment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAMILY_ARGS", "--lr-schedule cosine")
+    (name, argv), = _dry_run(tmp_path, "family", "1").items()
+    args = build_parser().parse_args(argv)
+    assert args.lr_schedule == "cosine" and args.seeds == [1] and args.model == "resnet18"
+
+
 def test_an_unknown_part_is_refused_by_name(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "HITL": "echo"}
     done = subprocess.run(["bash", str(SCRIPT), "benhc"], env=env, capture_output=True, text=True, timeout=60)
