@@ -37,6 +37,9 @@ def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
         for arm in arms.values():
             assert len(arm["acc"]) == len(arm["min_loss"]) == len(arm["irrelevant_share"]) == 1
             assert [h["round"] for h in arm["history"][0]] == [0, 1]
+            assert all(len(h["epoch_acc"]) == 1 and h["epoch_acc"][-1] == h["acc"] for h in arm["history"][0])
+        asked = [h["asked"] for h in arms["hitl"]["history"][0]]  # the images asked in each round
+        assert asked[0] == [] and len(asked[1]) == len(set(asked[1])) == round(0.02 * 400)
         assert arms["hitl"]["annotated_fraction"] == [pytest.approx(0.02, abs=0.003)]
         assert "annotated_fraction" not in arms["baseline"]
         assert arms["rrr_all"]["irrelevant_share"][0] < arms["baseline"]["irrelevant_share"][0]

@@ -125,6 +125,7 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
     history, losses = [], []
     result = None
     for round_ in range(cfg.rounds + 1):
+        ids = []
         if kind == "hitl" and round_ > 0:
             n_new = per_round[round_ - 1]
             probs = result.train_probs  # as `hitl run` picks: the scores of round_ - 1's last epoch
@@ -137,7 +138,8 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
         result = train_round(model, train, feedback, grid, cfg.train, optimizer=optimizer, val_set=test,
                              seed=round_seed(seed, round_), score=kind == "hitl")
         losses += [e.val_loss for e in result.epochs]
-        history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids())})
+        history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids()),
+                        "epoch_acc": [e.val_acc for e in result.epochs], "asked": [int(i) for i in ids]})  # fmt: skip
     return {
         "acc": history[-1]["acc"],  # the last epoch's accuracy on the test set
         "min_loss": float(min(losses)),
@@ -188,7 +190,8 @@ def run_clean(cfg: ExperimentConfig, datasets: tuple[str, ...], seed: int) -> di
     out = {}
     for d, test in tests.items():
         scores = every.scores[d]
-        history = [{"round": r, "acc": scores[n - 1][0], "annotated": 0} for r, n in enumerate(ends)]
+        history = [{"round": r, "acc": scores[n - 1][0], "annotated": 0, "asked": [],
+                    "epoch_acc": [acc for acc, _ in scores[(ends[r - 1] if r else 0):n]]} for r, n in enumerate(ends)]
         out[d] = {"acc": history[-1]["acc"], "min_loss": float(min(loss for _, loss in scores)),
                   "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
                   "annotated_fraction": 0.0, "history": history, "seconds": seconds}  # fmt: skip
