@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from label_config.grid import Grid
-from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
+from trainer.core.feedback import AnnotatorConfig, simulated_cells
 
 
 def _decoy_mask(r0=0, c0=24):

@@ -112,6 +112,9 @@ class _JoinedLoader:
         for loader in self.loaders:
             loader.sampler.set_epoch(epoch)
 
+    def __len__(self) -> int:  # steps per epoch, as a DataLoader gives them (the learning-rate schedule reads it)
+        return min(len(loader) for loader in self.loaders)
+
     def __iter__(self):
         for batches in zip(*self.loaders):
             self.joined.sizes = [len(ids) for _, _, ids in batches]

@@ -22,13 +22,9 @@ import numpy as np
 from label_config.grid import Grid
 from label_config.names import IMAGE_KEY, SALIENCY_KEY, SAMPLE_ID_KEY
 from trainer.app.lsserver import LabelStudioServer
-from trainer.core.feedback import Feedback
+from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import TrainConfig
-from trainer.labelstudio.annotator import (
-    AnnotatorConfig,
-    browser_result,
-    simulated_cells,
-)
+from trainer.labelstudio.annotator import browser_result
 from trainer.labelstudio.client import connect, ensure_project, import_tasks
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import label_config_for

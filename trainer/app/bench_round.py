@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from label_config.grid import Grid
-from trainer.core.feedback import Feedback
+from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
 from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import load_dataset, train_fraction
 from trainer.explain.batch import explain_batch
-from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
 
 
 def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: str | None = None,

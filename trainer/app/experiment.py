@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from label_config.grid import Grid
 from trainer.core.checks import check_int
-from trainer.core.feedback import Feedback
+from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import (
     LR_SCHEDULES,
     Parallel,
@@ -42,7 +42,6 @@ from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
-from trainer.labelstudio.annotator import AnnotatorConfig, simulated_cells
 from trainer.runs.atomic import write_json
 
 ARMS = ("baseline", "clean", "rrr_all", "hitl")

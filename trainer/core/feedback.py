@@ -3,6 +3,8 @@
 Shape legend: G_h x G_w grid cells, H x W pixels.
 
 Masks are kept as cells, so memory grows with the number of annotated images, not with the dataset.
+``simulated_cells`` is what the simulated annotator marks (``hitl experiment`` uses it directly;
+``trainer.labelstudio.annotator`` makes it act through Label Studio).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 from label_config.grid import Grid
+from trainer.core.checks import check_share
 
 
 @dataclass
@@ -39,3 +42,29 @@ class Feedback:
             if cells is not None and np.any(cells):
                 out[row] = torch.from_numpy(grid.cells_to_mask(cells))
         return out
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """The simulated annotator: marks the cells overlapping the true decoy, misses each with ``miss_rate``
+    and adds ``wrong_cells`` random cells outside it with probability ``wrong_rate`` per image."""
+
+    miss_rate: float = 0.0
+    wrong_rate: float = 0.0
+    wrong_cells: int = 1
+
+    def __post_init__(self) -> None:
+        check_share(self.miss_rate, "miss_rate")
+        check_share(self.wrong_rate, "wrong_rate")
+
+
+def simulated_cells(decoy_mask: np.ndarray, grid: Grid, cfg: AnnotatorConfig, rng: np.random.Generator) -> np.ndarray:
+    """What the simulated annotator marks for one image. decoy_mask: (H, W) bool. Returns (G_h, G_w) bool."""
+    cells = grid.mask_to_cells(decoy_mask)
+    if cfg.miss_rate > 0:
+        cells &= rng.random(cells.shape) >= cfg.miss_rate
+    if cfg.wrong_rate > 0 and rng.random() < cfg.wrong_rate:
+        free = np.flatnonzero(~grid.mask_to_cells(decoy_mask).ravel())
+        for flat in rng.choice(free, size=min(cfg.wrong_cells, len(free)), replace=False):
+            cells.flat[flat] = True
+    return cells

@@ -1,18 +1,16 @@
-"""The one simulated annotator: marks the grid cells that overlap an image's true irrelevant region, with
-optional misses and wrong cells. ``hitl experiment`` uses its cells directly; ``hitl run --simulate`` and the
-demo make it act only through Label Studio's REST API, submitting what the labelling page would.
+"""The one simulated annotator acting through Label Studio: what it marks is ``trainer.core.feedback``'s
+``simulated_cells`` (the grid cells that overlap an image's true irrelevant region, with optional misses and
+wrong cells), which ``hitl experiment`` uses directly; ``hitl run --simulate`` and the demo make it act only
+through Label Studio's REST API, submitting what the labelling page would.
 
 Shape legend: H x W pixels, G_h x G_w grid cells.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from label_config.config import display_px, display_size
-from label_config.grid import Grid
 from label_config.names import (
     ANNOTATED,
     CELL_POINT,
@@ -23,36 +21,12 @@ from label_config.names import (
     LABEL_OK,
     SAMPLE_ID_KEY,
 )
-from trainer.core.checks import check_choice, check_share
+from trainer.core.checks import check_choice
+from trainer.core.feedback import AnnotatorConfig, simulated_cells
+from trainer.labelstudio.client import annotate_as_browser
 from trainer.runs.run import Run
 
 SIMULATED_KINDS = ("rect", "point")
-
-
-@dataclass(frozen=True)
-class AnnotatorConfig:
-    """The simulated annotator: marks the cells overlapping the true decoy, misses each with ``miss_rate``
-    and adds ``wrong_cells`` random cells outside it with probability ``wrong_rate`` per image."""
-
-    miss_rate: float = 0.0
-    wrong_rate: float = 0.0
-    wrong_cells: int = 1
-
-    def __post_init__(self) -> None:
-        check_share(self.miss_rate, "miss_rate")
-        check_share(self.wrong_rate, "wrong_rate")
-
-
-def simulated_cells(decoy_mask: np.ndarray, grid: Grid, cfg: AnnotatorConfig, rng: np.random.Generator) -> np.ndarray:
-    """What the simulated annotator marks for one image. decoy_mask: (H, W) bool. Returns (G_h, G_w) bool."""
-    cells = grid.mask_to_cells(decoy_mask)
-    if cfg.miss_rate > 0:
-        cells &= rng.random(cells.shape) >= cfg.miss_rate
-    if cfg.wrong_rate > 0 and rng.random() < cfg.wrong_rate:
-        free = np.flatnonzero(~grid.mask_to_cells(decoy_mask).ravel())
-        for flat in rng.choice(free, size=min(cfg.wrong_cells, len(free)), replace=False):
-            cells.flat[flat] = True
-    return cells
 
 
 def simulate_annotator(run: Run, client, project_id: int, *, kind: str = "rect", miss_rate: float = 0.0,
@@ -63,8 +37,6 @@ def simulate_annotator(run: Run, client, project_id: int, *, kind: str = "rect",
     probability ``miss_rate``: one rectangle inside each cell (``kind="rect"``) or a click on its centre
     (``"point"``), in percent of the displayed picture, as the labelling page posts them.
     """
-    from trainer.labelstudio.client import annotate_as_browser  # here: hitl experiment runs without the LS SDK
-
     check_choice(kind, "annotator kind", SIMULATED_KINDS)
     annotator = AnnotatorConfig(miss_rate=miss_rate)
     masks = run.datasets[0].decoy_masks  # (N, H, W) bool
