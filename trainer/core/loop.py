@@ -249,7 +249,7 @@ def train_round(
                 loss = loss + (world * scale).to(pen_sum.dtype) * pen_sum
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for group in optimizer.param_groups:  # the config's rate: a resumed optimizer keeps the one it saved
+            for group in optimizer.param_groups:  # the config's rate, also when a resumed state dict carries another
                 group["lr"] = round_lr(cfg.lr, cfg.lr_schedule, step - 1, steps)
             optimizer.step()
             ce_b = ce_sum.detach().double()
