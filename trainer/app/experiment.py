@@ -189,8 +189,9 @@ def run_clean(cfg: ExperimentConfig, datasets: tuple[str, ...], seed: int) -> di
     out = {}
     for d, test in tests.items():
         scores = every.scores[d]
-        history = [{"round": r, "acc": scores[n - 1][0], "annotated": 0, "asked": [],
-                    "epoch_acc": [acc for acc, _ in scores[(ends[r - 1] if r else 0):n]]} for r, n in enumerate(ends)]
+        history = [{"round": r, "acc": scores[end - 1][0], "annotated": 0, "asked": [],
+                    "epoch_acc": [acc for acc, _ in scores[start:end]]}
+                   for r, (start, end) in enumerate(zip([0, *ends], ends))]  # fmt: skip
         out[d] = {"acc": history[-1]["acc"], "min_loss": float(min(loss for _, loss in scores)),
                   "irrelevant_share": test_irrelevant_share(model, test, method=cfg.saliency, limit=cfg.share_images),
                   "annotated_fraction": 0.0, "history": history, "seconds": seconds}  # fmt: skip

@@ -249,8 +249,9 @@ def train_round(
                 loss = loss + (world * scale).to(pen_sum.dtype) * pen_sum
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = round_lr(cfg.lr, cfg.lr_schedule, step - 1, steps)
             for group in optimizer.param_groups:  # the config's rate, also when a resumed state dict carries another
-                group["lr"] = round_lr(cfg.lr, cfg.lr_schedule, step - 1, steps)
+                group["lr"] = lr
             optimizer.step()
             ce_b = ce_sum.detach().double()
             sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
