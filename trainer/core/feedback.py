@@ -60,11 +60,12 @@ class AnnotatorConfig:
 
 def simulated_cells(decoy_mask: np.ndarray, grid: Grid, cfg: AnnotatorConfig, rng: np.random.Generator) -> np.ndarray:
     """What the simulated annotator marks for one image. decoy_mask: (H, W) bool. Returns (G_h, G_w) bool."""
-    cells = grid.mask_to_cells(decoy_mask)
+    truth = grid.mask_to_cells(decoy_mask)
+    cells = truth.copy()
     if cfg.miss_rate > 0:
         cells &= rng.random(cells.shape) >= cfg.miss_rate
     if cfg.wrong_rate > 0 and rng.random() < cfg.wrong_rate:
-        free = np.flatnonzero(~grid.mask_to_cells(decoy_mask).ravel())
+        free = np.flatnonzero(~truth.ravel())  # outside the decoy, also where a miss cleared a cell
         for flat in rng.choice(free, size=min(cfg.wrong_cells, len(free)), replace=False):
             cells.flat[flat] = True
     return cells
