@@ -5,7 +5,8 @@
 #   bash scripts/gpu-checks.sh bench            issue 10: step and round ratios at 224 px, fp32 and bf16
 #   bash scripts/gpu-checks.sh family 0 [1 2]   issue 8: ResNet-18 over the family at 112 px, these seeds (11 arms
 #                                               a seed: the clean arm is shared), WORKERS processes on the GPU;
-#                                               FAMILY_ARGS adds experiment flags (e.g. "--lr-schedule cosine")
+#                                               FAMILY_ARGS adds experiment flags (e.g. "--lr-schedule cosine"),
+#                                               ARMS picks the arms (default "baseline clean hitl")
 # "all" runs the step benchmarks, then the family (whatever time the round benchmarks do not need), then the
 # rounds. Each check's output lands under $OUT (or ./gpu-out), one file per check (JSON from the benchmarks,
 # the per-arm lines from the experiment), the card in card.txt; a check that fails or runs out of time leaves
@@ -18,6 +19,7 @@ case "$PART" in bench | family | all) ;; *) echo "gpu-checks.sh: unknown part '$
 OUT="${OUT:-gpu-out}"
 DEADLINE="${DEADLINE:-540}"  # seconds for the whole script ("all")
 WORKERS="${WORKERS:-14}"  # arms at a time on the one GPU: each is bound by its own CPU thread, not the GPU
+ARMS="${ARMS:-baseline clean hitl}"
 ROUNDS_S=170  # what "all" keeps back for the round benchmarks after the family
 mkdir -p "$OUT"
 # The device machine has its own Python with torch but no Label Studio SDK (and no .venv): there the commands
@@ -64,11 +66,11 @@ rounds() {  # issue 10: a feedback round against a plain round, with the penalty
 }
 
 family() {  # issue 8: FAMILY LIMIT; results.json is rewritten as each arm finishes
-    # shellcheck disable=SC2086  # FAMILY_ARGS holds several flags
+    # shellcheck disable=SC2086  # FAMILY_ARGS and ARMS hold several words
     check "family-resnet18-112-seeds-${SEEDS// /-}" "$1" experiment ${FAMILY_ARGS:-} \
         --dataset decoy-mnist-rgb frame-mnist-rgb texture-mnist-rgb watermark-mnist-rgb ruler-mnist-rgb \
         --model resnet18 --image-size 112 --device cuda --seeds $SEEDS --budget 0.01 --rounds 5 \
-        --arms baseline clean hitl --workers "$WORKERS" --out "$OUT/family-resnet18-112"
+        --arms $ARMS --workers "$WORKERS" --out "$OUT/family-resnet18-112"
 }
 
 case "$PART" in
