@@ -44,8 +44,10 @@ class TrainConfig:
     the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
     still counts every step since the first penalised one.
     ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``).
-    ``lr_schedule``: ``constant`` (``lr`` on every step), or ``cosine``: within each round the learning rate
-    falls from ``lr`` to 0 along a half cosine and starts again at ``lr`` the next round (see ``round_lr``).
+    ``lr_schedule``: ``cosine`` (the default): within each round the learning rate falls from ``lr`` to 0 along
+    a half cosine and starts again at ``lr`` the next round (see ``round_lr``), so a round ends at a settled
+    point rather than wherever its last epoch lands (README, "Why a round can end low"); or ``constant`` (``lr``
+    on every step, the default before).
     ``lam`` 1 (it was 10): over the confounder family, both models, 3 seeds (README, "Lambda"), a larger lambda
     slowed the unlearning of every shortcut but the corner patch (ResNet-18 at 112 px on frame-mnist-rgb,
     seed 1: lambda 1, 3, 10, 100, 480 gave 0.982, 0.968, 0.737, 0.249, 0.117), and lambda 0 (counterexamples
@@ -64,7 +66,7 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 0
     precision: str = "fp32"
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         check_choice(self.precision, "train.precision", PRECISIONS)
