@@ -5,7 +5,7 @@
 #   bash scripts/gpu-checks.sh bench            issue 10: step and round ratios at 224 px, fp32 and bf16
 #   bash scripts/gpu-checks.sh family 0 [1 2]   issue 8: ResNet-18 over the family at 112 px, these seeds (11 arms
 #                                               a seed: the clean arm is shared), WORKERS processes on the GPU;
-#                                               FAMILY_ARGS adds experiment flags (e.g. "--lr-schedule cosine"),
+#                                               FAMILY_ARGS adds experiment flags (e.g. "--lam 10"),
 #                                               ARMS picks the arms (default "baseline clean hitl")
 # "all" runs the step benchmarks, then the family (whatever time the round benchmarks do not need), then the
 # rounds. Each check's output lands under $OUT (or ./gpu-out), one file per check (JSON from the benchmarks,

@@ -78,16 +78,16 @@ def test_family_part_names_every_confounded_rgb_dataset_and_the_seeds(tmp_path):
 
 
 def test_family_args_reach_the_experiment(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAMILY_ARGS", "--lr-schedule cosine")
+    monkeypatch.setenv("FAMILY_ARGS", "--lr-schedule constant")
     (name, argv), = _dry_run(tmp_path, "family", "1").items()
     args = build_parser().parse_args(argv)
-    assert args.lr_schedule == "cosine" and args.seeds == [1] and args.model == "resnet18"
+    assert args.lr_schedule == "constant" and args.seeds == [1] and args.model == "resnet18"
     assert args.arms == ["baseline", "clean", "hitl"]
 
 
 def test_arms_pick_the_family_arms(tmp_path, monkeypatch):
     monkeypatch.setenv("ARMS", "clean hitl")
-    (name, argv), = _dry_run(tmp_path, "family", "0", "1").items()
+    (_, argv), = _dry_run(tmp_path, "family", "0", "1").items()
     assert build_parser().parse_args(argv).arms == ["clean", "hitl"]
 
 
