@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from trainer.app.cli import main
-from trainer.app.experiment import ExperimentConfig, arm_names, run_arm, run_clean
+from trainer.app.cli import build_parser, main
+from trainer.app.experiment import ExperimentConfig, arm_names, config_from_args, run_arm, run_clean
 from trainer.core.loop import TrainConfig
 
 
@@ -20,6 +20,13 @@ def test_sweep_names_arms_apart():
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**bad)
+
+
+def test_training_flags_reach_the_train_config_and_unset_ones_keep_the_defaults():
+    args = build_parser().parse_args(["experiment", "--replay", "6", "--replay-weight", "2.5", "--penalty-every", "2"])
+    train = config_from_args(args).train
+    assert (train.replay, train.replay_weight, train.penalty_every) == (6, 2.5, 2)
+    assert train.lam == TrainConfig().lam and train.lr_schedule == TrainConfig().lr_schedule
 
 
 def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):

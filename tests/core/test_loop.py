@@ -175,6 +175,28 @@ def test_penalty_every_k_steps_penalises_a_kth_of_the_steps_at_k_times_the_weigh
         TrainConfig(penalty_every=0)
 
 
+@pytest.mark.parametrize("batch_path", [False, True])
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_replay_weight_counts_each_drawn_row_as_that_many_batch_rows(monkeypatch, weight, batch_path):
+    """2 steps of 4 rows, image 0 annotated: the step without it draws it once (no counterexample), the step
+    with it draws nothing. Learning rate 0, so the epoch's CE is (sum of the 8 rows' CE + weight * image 0's
+    CE) / (8 + weight), whether the drawn row's CE comes from the penalty pass or from the batch's."""
+    import trainer.core.loop as loop
+
+    monkeypatch.setattr(loop, "has_batchnorm", lambda model: batch_path)
+    torch.manual_seed(0)
+    data, model = _data(8), build_model("small-cnn", 3, 1, 8)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.0, lam=0.0, warmup_steps=0, replay=1, replay_weight=weight,
+                      counterexamples=0.0)  # fmt: skip
+    epoch = train_round(model, data, _feedback([0]), GRID, cfg, seed=0).epochs[0]
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(model(data.images), data.labels, reduction="none")
+    assert epoch.penalised_rows == 2  # drawn once, and once as its own batch row
+    assert epoch.train_ce == pytest.approx(((ce.sum() + weight * ce[0]) / (8 + weight)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="replay_weight"):
+        TrainConfig(replay_weight=0.0)
+
+
 def test_scores_are_the_last_epochs_softmax_of_every_training_image():
     torch.manual_seed(0)
     data = _data(40)

@@ -59,6 +59,8 @@ CASES = {
     "replay, warm-up": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=1.0, replay=2, warmup_steps=5), [1, 6, 11]),
     "in-batch only": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=3.0, replay=0, warmup_steps=6), [0, 3, 5, 9, 12, 14]),
     "automatic lambda": (TrainConfig(epochs=2, batch_size=4, lr=0.002, lam=-1.0, replay=2, warmup_steps=3), [1, 6, 11]),
+    "replay weight": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=1.0, replay=2, warmup_steps=5, replay_weight=3.0),
+                      [1, 6, 11]),
 }
 
 

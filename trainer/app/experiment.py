@@ -284,8 +284,8 @@ def config_from_args(args) -> ExperimentConfig:
     train = replace(TrainConfig(), **{k: v for k, v in {
         "epochs": args.epochs, "lam": args.lam, "replay": args.replay, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "warmup_steps": args.warmup, "counterexamples": args.counterexamples,
-        "donors": args.donors, "penalty_every": args.penalty_every, "precision": args.precision,
-        "lr_schedule": args.lr_schedule,
+        "donors": args.donors, "penalty_every": args.penalty_every, "replay_weight": args.replay_weight,
+        "precision": args.precision, "lr_schedule": args.lr_schedule,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
         datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
@@ -317,6 +317,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
     p.add_argument("--replay", type=int, default=None, help=f"annotated rows appended to each batch (default {d.replay})")
+    p.add_argument("--replay-weight", type=float, default=None,
+                   help=f"CE weight of each appended annotated row, in batch rows (default {d.replay_weight})")
     p.add_argument("--penalty-every", type=int, default=None,
                    help=f"penalise every k-th step at k times the weight (default {d.penalty_every})")
     p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")

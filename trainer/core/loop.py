@@ -42,7 +42,9 @@ class TrainConfig:
     marked region from another image of the batch rather than a random level (see ``counterexample``).
     ``penalty_every``: k > 1 draws the replay rows and takes the penalty on every k-th step only, at k times
     the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
-    still counts every step since the first penalised one.
+    still counts every step since the first penalised one. ``replay_weight``: each drawn row's CE counts as
+    that many batch rows (the penalty is a mean over the penalised rows, so it needs no such weight): replay
+    k rows at weight 16 / k gives the step the expected gradient of replay 16, at the cost of k rows.
     ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``).
     ``lr_schedule``: ``cosine`` (the default): within each round the learning rate falls from ``lr`` to 0 along
     a half cosine and starts again at ``lr`` the next round (see ``round_lr``), so a round ends at a settled
@@ -61,6 +63,7 @@ class TrainConfig:
     warmup_steps: int = 60
     replay: int = 16
     penalty_every: int = 1
+    replay_weight: float = 1.0
     counterexamples: float = 1.0
     donors: bool = True
     device: str = "cpu"
@@ -72,6 +75,8 @@ class TrainConfig:
         check_choice(self.precision, "train.precision", PRECISIONS)
         check_choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
         check_int(self.penalty_every, "train.penalty_every", minimum=1)
+        if not self.replay_weight > 0:
+            raise ValueError(f"train.replay_weight must be > 0, got {self.replay_weight!r}")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -220,13 +225,16 @@ def train_round(
                 xa, ya, wa, n_drawn = replay.rows(ids, cfg.replay, donors=x if cfg.donors else None)
             else:
                 xa, ya, wa, n_drawn = x[:0], y[:0], torch.zeros(0, *x.shape[-2:]), 0
-            n_rows = n_batch + n_drawn  # drawn rows join the batch's CE; its own annotated rows are in it already
+            # drawn rows join the batch's CE, each as replay_weight rows; its own annotated rows are in it already
+            n_rows = n_batch + cfg.replay_weight * n_drawn
             if n_drawn and not fold:  # batch norm: the drawn rows' CE in the batch, under the batch's statistics
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
             counts = parallel.all_reduce(torch.tensor([n_rows, len(xa)], dtype=torch.float64, device=device))
             with autocast(cfg.precision, device):
                 logits = net(x).float()
-            ce_sum = F.cross_entropy(logits, y, reduction="sum")
+            ce_sum = F.cross_entropy(logits[:n_batch], y[:n_batch], reduction="sum")
+            if len(y) > n_batch:  # the drawn rows, in the batch's pass
+                ce_sum = ce_sum + cfg.replay_weight * F.cross_entropy(logits[n_batch:], y[n_batch:], reduction="sum")
             if score and epoch == cfg.epochs - 1:
                 if probs is None:
                     probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
@@ -241,8 +249,8 @@ def train_round(
                     pen, logits_a = penalty_and_logits(net, xa.to(device), wa.to(device))
                 pen_sum = pen.float().sum()
                 if fold:  # the drawn rows' CE from the penalty pass's forward: no second forward over them
-                    ce_sum = ce_sum + F.cross_entropy(logits_a[:n_drawn].float(), ya[:n_drawn].to(device),
-                                                      reduction="sum")  # fmt: skip
+                    ce_sum = ce_sum + cfg.replay_weight * F.cross_entropy(
+                        logits_a[:n_drawn].float(), ya[:n_drawn].to(device), reduction="sum")
             ce = ce_sum / n_rows
             loss = ce_sum * (world / counts[0])
             if penalty_step:
