@@ -7,6 +7,9 @@ Per seed, one model is trained for a round without feedback (not timed), then co
   next one: scoring the training set to pick the next images and their saliency maps for the tasks.
 Both run on the same data, model, optimizer state and schedule in one process, interleaved seed by seed so
 drift in machine load hits both alike. ``ratio`` = sum of feedback seconds / sum of plain seconds.
+``--repeat N`` times every arm N times per seed, in alternating order (plain first, then last, ...), and takes
+each arm's median: a small-CNN round lasts about 10 s, and one timing of it moved the ratio by 0.05 between
+runs on this machine. The accuracy is that of the first repeat (one thread on a CPU repeats it exactly).
 
 ``--compare KEY=VALUE`` adds a third copy trained with those ``TrainConfig`` overrides (for example
 ``replay=16``, the schedule before this benchmark existed) whose accuracy and seconds are reported beside.
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from label_config.grid import Grid
+from trainer.core.checks import check_int
 from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import TrainConfig, make_optimizer, round_seed, train_round
 from trainer.core.models import build_model
@@ -35,8 +39,9 @@ from trainer.explain.batch import explain_batch
 
 def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: str | None = None,
                 seeds: tuple[int, ...] = (0,), budget: float = 0.01, fraction: float = 1.0,
-                train: TrainConfig | None = None, compare: dict | None = None) -> dict:  # fmt: skip
+                train: TrainConfig | None = None, compare: dict | None = None, repeat: int = 1) -> dict:  # fmt: skip
     """Time one plain and one feedback round per seed (see the module docstring). Returns one dict."""
+    check_int(repeat, "repeat", minimum=1)
     cfg = train or TrainConfig()
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")
     arms = {"plain": cfg, "feedback": cfg}
@@ -44,7 +49,7 @@ def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: s
         arms["compare"] = dataclasses.replace(cfg, **compare)
     per_seed = []
     for seed in seeds:
-        per_seed.append(_one_seed(model, size, dataset, seed, budget, fraction, arms))
+        per_seed.append(_one_seed(model, size, dataset, seed, budget, fraction, arms, repeat))
     total = {arm: sum(s[arm]["seconds"] for s in per_seed) for arm in arms}
     mean_acc = {arm: statistics.fmean(s[arm]["acc"] for s in per_seed) for arm in arms}
     first = per_seed[0]
@@ -56,7 +61,7 @@ def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: s
         "feedback_next_s": round(sum(s["feedback"]["next_s"] for s in per_seed), 2),
         "model": model, "size": first["size"], "dataset": dataset, "train_images": first["train_images"],
         "annotated": first["annotated"], "seeds": list(seeds), "device": cfg.device, "precision": cfg.precision,
-        "penalised_rows_per_step": first["feedback"]["penalised_rows_per_step"],
+        "penalised_rows_per_step": first["feedback"]["penalised_rows_per_step"], "repeat": repeat,
         "train": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "per_seed": per_seed,
     }  # fmt: skip
@@ -68,7 +73,7 @@ def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: s
 
 
 def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget: float, fraction: float,
-              arms: dict[str, TrainConfig]) -> dict:  # fmt: skip
+              arms: dict[str, TrainConfig], repeat: int = 1) -> dict:  # fmt: skip
     train_set, test_set = load_dataset(dataset, seed=seed, size=size)
     train_set = train_fraction(train_set, fraction, seed=seed)
     masks = getattr(train_set, "decoy_masks", None)
@@ -91,29 +96,43 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
     for i in asked:
         feedback.cells[int(i)] = simulated_cells(truth[int(i)], grid, AnnotatorConfig(), rng)
     result = {"size": h, "train_images": len(train_set), "annotated": len(feedback.annotated_ids())}
-    for arm, cfg in arms.items():
-        net = copy.deepcopy(model)
-        opt = make_optimizer(net, cfg)
-        opt.load_state_dict(optimizer.state_dict())
-        given = Feedback() if arm == "plain" else feedback
-        torch.manual_seed(round_seed(seed, 1))
-        started = time.perf_counter()
-        rr = train_round(net, train_set, given, grid, cfg, optimizer=opt, val_set=test_set, seed=round_seed(seed, 1),
-                         score=arm != "plain")  # fmt: skip
-        trained = time.perf_counter()
-        if arm != "plain":  # what a feedback round adds before the next: pick images, explain them for the tasks
-            sampling = SamplingConfig()
-            nxt = select(rr.train_probs, train_set.labels, sampling.per_round, strategy=sampling.strategy,
-                         exclude=feedback.given_ids(), seed=round_seed(seed, 1))  # fmt: skip
-            images = torch.stack([train_set[int(i)][0] for i in nxt])
-            explain_batch(net, images, grid)
-        done = time.perf_counter()
-        last = rr.epochs[-1]
-        steps = -(-len(train_set) // cfg.batch_size) * cfg.epochs
-        result[arm] = {"seconds": round(done - started, 3), "train_s": round(trained - started, 3),
-                       "next_s": round(done - trained, 3), "acc": last.val_acc, "loss": last.val_loss,
-                       "penalised_rows_per_step": round(sum(e.penalised_rows for e in rr.epochs) / steps, 2)}  # fmt: skip
+    timings: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
+    for rep in range(repeat):
+        for arm in list(arms) if rep % 2 == 0 else list(arms)[::-1]:
+            timing, scores = _time_arm(model, optimizer, train_set, test_set, grid, feedback, arms[arm], arm, seed)
+            timings[arm].append(timing)
+            result.setdefault(arm, scores)
+    for arm, runs in timings.items():
+        train_s, next_s = statistics.median(t for t, _ in runs), statistics.median(n for _, n in runs)
+        result[arm].update(seconds=round(statistics.median(t + n for t, n in runs), 3), train_s=round(train_s, 3),
+                           next_s=round(next_s, 3), seconds_all=[round(t + n, 3) for t, n in runs])  # fmt: skip
     return result
+
+
+def _time_arm(model, optimizer, train_set, test_set, grid, feedback, cfg: TrainConfig, arm: str,
+              seed: int) -> tuple[tuple[float, float], dict]:  # fmt: skip
+    """One timed round of ``arm`` on a copy of the round-0 model: ((train seconds, next-images seconds), scores)."""
+    net = copy.deepcopy(model)
+    opt = make_optimizer(net, cfg)
+    opt.load_state_dict(optimizer.state_dict())
+    given = Feedback() if arm == "plain" else feedback
+    torch.manual_seed(round_seed(seed, 1))
+    started = time.perf_counter()
+    rr = train_round(net, train_set, given, grid, cfg, optimizer=opt, val_set=test_set, seed=round_seed(seed, 1),
+                     score=arm != "plain")  # fmt: skip
+    trained = time.perf_counter()
+    if arm != "plain":  # what a feedback round adds before the next: pick images, explain them for the tasks
+        sampling = SamplingConfig()
+        nxt = select(rr.train_probs, train_set.labels, sampling.per_round, strategy=sampling.strategy,
+                     exclude=feedback.given_ids(), seed=round_seed(seed, 1))  # fmt: skip
+        images = torch.stack([train_set[int(i)][0] for i in nxt])
+        explain_batch(net, images, grid)
+    done = time.perf_counter()
+    last = rr.epochs[-1]
+    steps = -(-len(train_set) // cfg.batch_size) * cfg.epochs
+    scores = {"acc": last.val_acc, "loss": last.val_loss,
+              "penalised_rows_per_step": round(sum(e.penalised_rows for e in rr.epochs) / steps, 2)}
+    return (trained - started, done - trained), scores
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -144,6 +163,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"))
     p.add_argument("--compare", type=_override, nargs="+", default=None, metavar="KEY=VALUE",
                    help="a third arm with these training overrides, e.g. replay=16")  # fmt: skip
+    p.add_argument("--repeat", type=int, default=1, help="time each arm this many times per seed (median)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=main)
     return p
@@ -153,7 +173,7 @@ def main(args) -> int:
     cfg = dataclasses.replace(TrainConfig(), epochs=args.epochs, device=args.device, precision=args.precision)
     r = bench_round(model=args.model, size=args.size, dataset=args.dataset, seeds=tuple(args.seeds),
                     budget=args.budget, fraction=args.train_fraction, train=cfg,
-                    compare=dict(args.compare) if args.compare else None)  # fmt: skip
+                    compare=dict(args.compare) if args.compare else None, repeat=args.repeat)  # fmt: skip
     if args.json:
         print(json.dumps(r))
         return 0
