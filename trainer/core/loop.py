@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from label_config.grid import Grid
-from trainer.core.checks import check_choice, check_int, check_share
+from trainer.core.checks import check_choice, check_int, check_positive, check_share
 from trainer.core.feedback import Feedback
 from trainer.core.loss import auto_lambda, has_batchnorm, penalty_and_logits
 from trainer.core.models import PRECISIONS, autocast
@@ -75,8 +75,7 @@ class TrainConfig:
         check_choice(self.precision, "train.precision", PRECISIONS)
         check_choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
         check_int(self.penalty_every, "train.penalty_every", minimum=1)
-        if not self.replay_weight > 0:
-            raise ValueError(f"train.replay_weight must be > 0, got {self.replay_weight!r}")
+        check_positive(self.replay_weight, "train.replay_weight")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -208,6 +207,11 @@ def train_round(
     # collapse test's first feedback round fell 0.59 -> 0.43), so they join the batch's pass as before.
     fold = not has_batchnorm(model)
     steps = cfg.epochs * len(loader)  # the round's steps, for the learning-rate schedule
+
+    def drawn_ce(logits_d: torch.Tensor, y_d: torch.Tensor) -> torch.Tensor:
+        """The drawn rows' summed CE, each row counted as ``replay_weight`` batch rows."""
+        return cfg.replay_weight * F.cross_entropy(logits_d.float(), y_d, reduction="sum")
+
     step = 0
     probs = None
     result = RoundResult(lam=cfg.lam)
@@ -234,7 +238,7 @@ def train_round(
                 logits = net(x).float()
             ce_sum = F.cross_entropy(logits[:n_batch], y[:n_batch], reduction="sum")
             if len(y) > n_batch:  # the drawn rows, in the batch's pass
-                ce_sum = ce_sum + cfg.replay_weight * F.cross_entropy(logits[n_batch:], y[n_batch:], reduction="sum")
+                ce_sum = ce_sum + drawn_ce(logits[n_batch:], y[n_batch:])
             if score and epoch == cfg.epochs - 1:
                 if probs is None:
                     probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
@@ -249,8 +253,7 @@ def train_round(
                     pen, logits_a = penalty_and_logits(net, xa.to(device), wa.to(device))
                 pen_sum = pen.float().sum()
                 if fold:  # the drawn rows' CE from the penalty pass's forward: no second forward over them
-                    ce_sum = ce_sum + cfg.replay_weight * F.cross_entropy(
-                        logits_a[:n_drawn].float(), ya[:n_drawn].to(device), reduction="sum")
+                    ce_sum = ce_sum + drawn_ce(logits_a[:n_drawn], ya[:n_drawn].to(device))
             ce = ce_sum / n_rows
             loss = ce_sum * (world / counts[0])
             if penalty_step:
