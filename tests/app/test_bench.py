@@ -62,3 +62,25 @@ def test_bench_all_runs_each_benchmark_as_its_own_command_and_names_failures():
 def test_bench_round_names_a_dataset_without_true_masks(capsys):
     assert main(["bench", "round", "--dataset", "decoy-mnist-clean", "--epochs", "1"]) == 2
     assert "has no true masks" in capsys.readouterr().err
+
+
+def test_bench_fold_finite_differences_match_exact_double_backprop_only_on_a_smooth_network(one_torch_thread):
+    """The finite-difference fold of the penalty gradient agrees with exact double backprop when the network's
+    input gradient is smooth, and not on the ReLU/max-pool network we train, at any eps: a row's parameter
+    gradient jumps where a unit switches, and the quotient divides each jump by eps."""
+    from torch import nn
+
+    from trainer.app.bench_fold import bench_fold, smooth_activations
+    from trainer.core.models import build_model
+
+    net = smooth_activations(build_model("resnet18", 10, 3, 56))
+    assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d)) for m in net.modules())
+    assert any(isinstance(m, nn.GELU) for m in net.modules()) and any(isinstance(m, nn.AvgPool2d) for m in net.modules())
+
+    eps = (0.01, 0.001)
+    smooth = bench_fold(model="small-cnn", steps=5, smooth=True, eps_rel=eps)
+    relu = bench_fold(model="small-cnn", steps=5, eps_rel=eps)
+    assert [r["eps_rel"] for r in smooth["cosines"]] == list(eps) and smooth["rows"] == 16
+    for r in smooth["cosines"]:  # the measurement itself is sound: the quotient converges to the exact gradient
+        assert r["two_sided"] > 0.999 and abs(r["norm_ratio"] - 1) < 0.01
+    assert relu["best_two_sided"] < 0.99 and relu["best_one_sided"] < 0.99

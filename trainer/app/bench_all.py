@@ -19,6 +19,8 @@ PLAN: dict[str, list[str]] = {
     "step-resnet18": ["step", "--model", "resnet18", "--size", "56"],
     "round-small-cnn": ["round", "--model", "small-cnn", "--seeds", "0", "1", "2"],
     "round-resnet18": ["round", "--model", "resnet18", "--size", "56", "--seeds", "0"],
+    "fold-small-cnn": ["fold", "--model", "small-cnn"],
+    "fold-resnet18": ["fold", "--model", "resnet18", "--size", "56"],
     "predict": ["predict"],
     "pull": ["pull"],
     "serve": ["serve", "--clients", "20", "--seconds", "60"],

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from trainer.app import (
     bench,
     bench_all,
+    bench_fold,
     bench_predict,
     bench_pull,
     bench_round,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_predict.add_parser(benches)
     bench_round.add_parser(benches)
     bench_pull.add_parser(benches)
+    bench_fold.add_parser(benches)
     bench_all.add_parser(benches)
     for entry in entry_points(group="hitl.commands"):
         entry.load()(sub, benches)
