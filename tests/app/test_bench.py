@@ -3,10 +3,14 @@
 import json
 
 import pytest
+import torch
+from torch import nn
 
 from trainer.app.bench_all import run_all
+from trainer.app.bench_fold import bench_fold, fold_cosines, smooth_activations
 from trainer.app.cli import main
 from trainer.core.loop import TrainConfig
+from trainer.core.models import build_model
 
 
 def test_bench_step_json(capsys):
@@ -68,14 +72,12 @@ def test_bench_fold_finite_differences_match_exact_double_backprop_only_on_a_smo
     """The finite-difference fold of the penalty gradient agrees with exact double backprop when the network's
     input gradient is smooth, and not on the ReLU/max-pool network we train, at any eps: a row's parameter
     gradient jumps where a unit switches, and the quotient divides each jump by eps."""
-    from torch import nn
-
-    from trainer.app.bench_fold import bench_fold, smooth_activations
-    from trainer.core.models import build_model
-
     net = smooth_activations(build_model("resnet18", 10, 3, 56))
     assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d)) for m in net.modules())
     assert any(isinstance(m, nn.GELU) for m in net.modules()) and any(isinstance(m, nn.AvgPool2d) for m in net.modules())
+
+    with pytest.raises(ValueError, match=r"masks must be \(N, H, W\)"):  # a channel axis is refused, not broadcast
+        fold_cosines(build_model("small-cnn", 10, 1, 28), torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28))
 
     eps = (0.01, 0.001)
     smooth = bench_fold(model="small-cnn", steps=5, smooth=True, eps_rel=eps)

@@ -57,6 +57,8 @@ def fold_cosines(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     rows' own batch statistics). Returns ``[{"eps_rel", "two_sided", "one_sided", "norm_ratio"}]``, where
     ``norm_ratio`` is |two-sided| / |exact|.
     """
+    if masks.ndim != 3 or masks.shape[0] != images.shape[0] or masks.shape[1:] != images.shape[2:]:
+        raise ValueError(f"masks must be (N, H, W) for images {tuple(images.shape)}, got {tuple(masks.shape)}")
     params = [p for p in model.parameters() if p.requires_grad]
 
     def flat(grads) -> torch.Tensor:  # (P,)
