@@ -342,7 +342,8 @@ def register(sub) -> None:
 
 
 def _experiment(args) -> int:
-    results = run_experiment(config_from_args(args), args.out)
+    # Each arm's line as it finishes, also when stdout is a file or a pipe (a long run under nohup or tee).
+    results = run_experiment(config_from_args(args), args.out, log=lambda line: print(line, flush=True))
     print(format_table(results))
     print(f"wall time {results['seconds']:.0f} s" + (f"; results in {args.out / 'results.json'}" if args.out else ""))
     return 0
