@@ -36,6 +36,7 @@ from label_config.names import (
     SAMPLE_ID_KEY,
 )
 from ls_backend.images import to_data_uri
+from trainer.labelstudio.retry import LabelStudioUnavailable
 
 log = logging.getLogger(__name__)
 # Shown in the labelling page's headers: written as "-" into an image-only task that lacks them. A sample id of
@@ -84,7 +85,8 @@ class PendingOverlay:
 
 class OverlayWriter:
     """Attaches overlays in the background, one at a time. ``client`` makes the SDK client on first use.
-    Best effort: a refused write is logged and counted (``failed``); the predictions stand either way."""
+    Best effort: a refused write, or Label Studio out of reach after the retries, is logged and counted
+    (``failed``) and the next overlay is tried; the predictions stand either way."""
 
     def __init__(self, client: Callable[[], object]) -> None:
         self._make_client = client
@@ -117,7 +119,7 @@ class OverlayWriter:
                 self.attached += int(attach_overlay(self._client, item.task_id, item.key, item.picture,
                                                     model_version=item.model_version, prediction=item.prediction,
                                                     probability=item.probability))  # fmt: skip
-            except (ApiError, httpx.HTTPError, ValueError) as exc:
+            except (ApiError, httpx.HTTPError, ValueError, LabelStudioUnavailable) as exc:  # the thread lives on
                 self.failed += 1
                 status = getattr(exc, "status_code", None) or type(exc).__name__
                 log.warning("could not attach the saliency overlay to task %s: %s", item.task_id, status)
