@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.core.loop import TrainConfig
 from trainer.core.loss import penalty_and_logits, penalty_batchnorm
 from trainer.core.models import build_model
 from trainer.data.registry import load_dataset
@@ -88,11 +89,12 @@ def fold_cosines(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     return rows
 
 
-def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None, rows: int = 16,
+def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None, rows: int | None = None,
                smooth: bool = False, steps: int = 20, seed: int = 0, eps_rel: tuple[float, ...] = EPS_REL) -> dict:  # fmt: skip
     """Train ``model`` for ``steps`` CE steps of 64 images (so it is not at its initialisation), then
     ``fold_cosines`` on ``rows`` other training images with their true masks."""
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")
+    rows = TrainConfig().replay if rows is None else rows
     torch.manual_seed(seed)
     train, _ = load_dataset(dataset, size=size, seed=seed)
     if train.decoy_masks is None:
@@ -123,7 +125,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--dataset", default=None, help="default: decoy-mnist (small-cnn) or decoy-mnist-rgb")
     p.add_argument("--size", type=int, default=None, help="image size (default: the dataset's)")
-    p.add_argument("--rows", type=int, default=16, help="penalised rows (the default replay)")
+    p.add_argument("--rows", type=int, default=None, help=f"penalised rows (default: replay, {TrainConfig().replay})")
     p.add_argument("--smooth", action="store_true", help="GELU for ReLU, average for max pooling")
     p.add_argument("--steps", type=int, default=20, help="CE steps before measuring")
     p.add_argument("--seed", type=int, default=0)
