@@ -25,7 +25,7 @@ def test_bench_step_json(capsys):
 
 def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(capsys, one_torch_thread):
     args = ["bench", "round", "--model", "small-cnn", "--train-fraction", "0.05", "--budget", "0.05", "--epochs", "1",
-            "--compare", "replay=0", "--repeat", "2", "--json"]  # fmt: skip
+            "--compare", "replay=0", "--compare", "penalty_every=2", "replay=4", "--repeat", "2", "--json"]  # fmt: skip
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"plain_s", "feedback_s", "ratio", "model", "size", "device", "precision", "penalised_rows_per_step",
@@ -35,12 +35,17 @@ def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(ca
     seed = out["per_seed"][0]
     assert seed["plain"]["penalised_rows_per_step"] == 0 and out["penalised_rows_per_step"] > 0
     assert out["ratio"] == pytest.approx(seed["feedback"]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
-    for arm in ("plain", "feedback", "compare"):  # each arm timed twice; its seconds are the median (here the mean)
+    for arm in ("plain", "feedback", "compare", "compare-2"):  # each arm timed twice; its seconds are the median (here the mean)
         assert len(seed[arm]["seconds_all"]) == 2 and out["repeat"] == 2
         assert seed[arm]["seconds"] == pytest.approx(sum(seed[arm]["seconds_all"]) / 2, abs=2e-3)
     # The compared arm draws no replay rows: it penalises only annotated rows that fall in a batch.
     assert seed["compare"]["penalised_rows_per_step"] < out["penalised_rows_per_step"]
     assert out["compare"]["overrides"] == {"replay": 0}
+    # The second compared arm penalises 4 drawn rows (and the batch's own) on every other step only.
+    assert out["compare-2"]["overrides"] == {"penalty_every": 2, "replay": 4}
+    assert seed["compare-2"]["penalised_rows_per_step"] < out["penalised_rows_per_step"] / 2
+    for arm in ("compare", "compare-2"):
+        assert out[arm]["ratio"] == pytest.approx(seed[arm]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
 
 
 def test_bench_round_refuses_an_unknown_override(capsys):

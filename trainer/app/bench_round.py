@@ -11,8 +11,9 @@ drift in machine load hits both alike. ``ratio`` = sum of feedback seconds / sum
 each arm's median: a small-CNN round lasts about 10 s, and one timing of it moved the ratio by 0.05 between
 runs on this machine. The accuracy is that of the first repeat (one thread on a CPU repeats it exactly).
 
-``--compare KEY=VALUE`` adds a third copy trained with those ``TrainConfig`` overrides (for example
-``replay=16``, the schedule before this benchmark existed) whose accuracy and seconds are reported beside.
+``--compare KEY=VALUE ...`` adds a copy trained with those ``TrainConfig`` overrides (for example ``replay=4``)
+whose accuracy and seconds are reported beside; repeat ``--compare`` for several (arms ``compare``,
+``compare-2``, ...), each timed beside the same plain and feedback arms.
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ from trainer.explain.batch import explain_batch
 
 def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: str | None = None,
                 seeds: tuple[int, ...] = (0,), budget: float = 0.01, fraction: float = 1.0,
-                train: TrainConfig | None = None, compare: dict | None = None, repeat: int = 1) -> dict:  # fmt: skip
-    """Time one plain and one feedback round per seed (see the module docstring). Returns one dict."""
+                train: TrainConfig | None = None, compare: dict | list[dict] | None = None,
+                repeat: int = 1) -> dict:  # fmt: skip
+    """Time one plain and one feedback round per seed (see the module docstring). Returns one dict.
+
+    compare: ``TrainConfig`` overrides of one compared arm, or a list of them (one arm each)."""
     check_int(repeat, "repeat", minimum=1)
     cfg = train or TrainConfig()
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")
+    compares = [compare] if isinstance(compare, dict) else list(compare or [])
     arms = {"plain": cfg, "feedback": cfg}
-    if compare:
-        arms["compare"] = dataclasses.replace(cfg, **compare)
+    names = [compare_arm(i) for i in range(len(compares))]
+    for name, overrides in zip(names, compares):
+        arms[name] = dataclasses.replace(cfg, **overrides)
     per_seed = []
     for seed in seeds:
         per_seed.append(_one_seed(model, size, dataset, seed, budget, fraction, arms, repeat))
@@ -65,11 +71,17 @@ def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: s
         "train": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "per_seed": per_seed,
     }  # fmt: skip
-    if compare:
-        out["compare"] = {"overrides": compare, "acc": round(mean_acc["compare"], 4),
-                          "seconds": round(total["compare"], 2),
-                          "acc_diff": round(mean_acc["feedback"] - mean_acc["compare"], 4)}  # fmt: skip
+    for name, overrides in zip(names, compares):
+        summary = {"overrides": overrides, "acc": round(mean_acc[name], 4), "seconds": round(total[name], 2),
+                   "ratio": round(total[name] / total["plain"], 3),
+                   "acc_diff": round(mean_acc["feedback"] - mean_acc[name], 4)}  # fmt: skip
+        out[name] = summary
     return out
+
+
+def compare_arm(i: int) -> str:
+    """The name of the i-th (0-based) compared arm: ``compare``, ``compare-2``, ``compare-3``, ..."""
+    return "compare" if i == 0 else f"compare-{i + 1}"
 
 
 def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget: float, fraction: float,
@@ -161,8 +173,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"))
-    p.add_argument("--compare", type=_override, nargs="+", default=None, metavar="KEY=VALUE",
-                   help="a third arm with these training overrides, e.g. replay=16")  # fmt: skip
+    p.add_argument("--compare", type=_override, nargs="+", action="append", default=None, metavar="KEY=VALUE",
+                   help="an arm with these training overrides, e.g. replay=4; repeat for several arms")  # fmt: skip
     p.add_argument("--repeat", type=int, default=1, help="time each arm this many times per seed (median)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=main)
@@ -173,7 +185,7 @@ def main(args) -> int:
     cfg = dataclasses.replace(TrainConfig(), epochs=args.epochs, device=args.device, precision=args.precision)
     r = bench_round(model=args.model, size=args.size, dataset=args.dataset, seeds=tuple(args.seeds),
                     budget=args.budget, fraction=args.train_fraction, train=cfg,
-                    compare=dict(args.compare) if args.compare else None, repeat=args.repeat)  # fmt: skip
+                    compare=[dict(c) for c in args.compare or []], repeat=args.repeat)  # fmt: skip
     if args.json:
         print(json.dumps(r))
         return 0
@@ -181,7 +193,8 @@ def main(args) -> int:
           f"{r['device']} {r['precision']}: plain round {r['plain_s']} s, feedback round {r['feedback_s']} s "
           f"(training {r['feedback_train_s']} s, next images {r['feedback_next_s']} s), ratio {r['ratio']}; "
           f"accuracy plain {r['plain_acc']}, feedback {r['feedback_acc']}")  # fmt: skip
-    if "compare" in r:
-        c = r["compare"]
-        print(f"with {c['overrides']}: accuracy {c['acc']} ({c['seconds']} s); feedback - it = {c['acc_diff']:+}")
+    for i in range(len(args.compare or [])):
+        c = r[compare_arm(i)]
+        print(f"with {c['overrides']}: accuracy {c['acc']} ({c['seconds']} s, ratio {c['ratio']}); "
+              f"feedback - it = {c['acc_diff']:+}")
     return 0
