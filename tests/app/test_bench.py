@@ -9,7 +9,6 @@ from torch import nn
 from trainer.app.bench_all import run_all
 from trainer.app.bench_fold import bench_fold, fold_cosines, smooth_activations
 from trainer.app.cli import main
-from trainer.core.loop import TrainConfig
 from trainer.core.models import build_model
 
 
@@ -57,7 +56,8 @@ def test_bench_round_refuses_an_unknown_override(capsys):
 def test_bench_step_defaults_to_the_training_step_replay_rows_joining_the_batch(capsys):
     assert main(["bench", "step", "--model", "small-cnn", "--size", "28", "--batch", "8", "--steps", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["annotated_rows"] == TrainConfig().replay and out["joined"] is True and out["precision"] == "fp32"
+    assert out["annotated_rows"] == 6 and out["joined"] is True and out["precision"] == "fp32"  # small-cnn's plan
+    assert out["penalty_every"] == 1 and out["mean_ratio"] == out["ratio"]  # every step is a penalised one
 
 
 def test_bench_all_runs_each_benchmark_as_its_own_command_and_names_failures():

@@ -128,19 +128,23 @@ def _small_resnet() -> nn.Module:
 
 
 @pytest.mark.slow
-def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread):
+@pytest.mark.parametrize("setting", [
+    # The setting the collapse was measured in: lambda 10, a constant rate, 16 rows on every step (the defaults then).
+    {"lam": 10.0, "lr_schedule": "constant", "replay": 16, "penalty_every": 1},
+    {},  # today's defaults: lambda 1, cosine, the batch-norm replay plan (8 rows on every 4th step)
+], ids=["as-measured", "defaults"])
+def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread, setting):
     """ResNet-18 collapsed under feedback (0.83 -> 0.17 on decoy-mnist-rgb) while the small CNN, which has no
     batch norm, did not. The same at small scale: 4 feedback rounds of 5 masks each, 620 steps. With the
     penalty taken through eval-mode batch norm (main before the fix) this went 0.59 -> 0.28 -> 0.32 -> 0.18
-    -> 0.11; with batch statistics it rises. Each round may lose at most 0.05, and feedback must help. Lambda
-    is the one the collapse was measured at (10; the default is now 1)."""
+    -> 0.11; with batch statistics it rises. Each round may lose at most 0.05, and feedback must help: in the
+    setting the collapse was measured in, and under today's defaults."""
     from trainer.data.registry import load_dataset
 
     train, test = load_dataset("decoy-mnist", seed=0)
     test = test.subset(np.arange(500))
     grid = Grid.from_cell_px(28, 28, 4)
-    # The setting the collapse was measured in (lambda 10, a constant learning rate: the defaults then).
-    model, cfg = _small_resnet(), TrainConfig(epochs=2, batch_size=64, lam=10.0, lr_schedule="constant")
+    model, cfg = _small_resnet(), TrainConfig(epochs=2, batch_size=64, **setting)
     optimizer, feedback = make_optimizer(model, cfg), Feedback()
     truth = train.decoy_masks.numpy()
     picked = np.random.default_rng(0).permutation(len(train))
@@ -164,7 +168,7 @@ def test_penalty_every_k_steps_penalises_a_kth_of_the_steps_at_k_times_the_weigh
         torch.manual_seed(0)
         model = build_model("small-cnn", 3, 1, 8)
         cfg = TrainConfig(epochs=1, batch_size=4, lr=0.0, lam=10.0, warmup_steps=0, replay=1, penalty_every=k,
-                          counterexamples=0.0)  # fmt: skip
+                          replay_weight=1.0, counterexamples=0.0)  # fmt: skip
         runs[k] = train_round(model, data, fb, GRID, cfg, seed=0).epochs[0]
     assert runs[1].penalised_rows == 8 and runs[2].penalised_rows == 4
     assert runs[1].penalty == pytest.approx(runs[2].penalty, rel=1e-5)  # the same image, the same weights
@@ -173,6 +177,27 @@ def test_penalty_every_k_steps_penalises_a_kth_of_the_steps_at_k_times_the_weigh
     assert share[2] == pytest.approx(share[1], rel=0.15)
     with pytest.raises(ValueError, match="penalty_every"):
         TrainConfig(penalty_every=0)
+
+
+def test_the_replay_plan_follows_the_model_and_keeps_what_the_config_sets():
+    """Unset, replay and penalty_every come from the model's plan (6 rows on every step without batch norm, 8 on
+    every 4th with it), and the weight gives the replayed rows 16 batch rows of CE a step on average."""
+    from trainer.core.loop import REPLAY_CE_ROWS, REPLAY_PLANS
+
+    plain, bn = build_model("small-cnn", 3, 1, 8), _small_resnet()
+    for model, has_bn in ((plain, False), (bn, True)):
+        cfg = TrainConfig().for_model(model)
+        assert (cfg.replay, cfg.penalty_every) == REPLAY_PLANS[has_bn]
+        assert cfg.replay * cfg.replay_weight / cfg.penalty_every == pytest.approx(REPLAY_CE_ROWS)
+    assert (REPLAY_PLANS[False], REPLAY_PLANS[True]) == ((6, 1), (8, 4))
+    # What the config sets is kept; the weight follows the rows and steps it is given.
+    assert TrainConfig(replay=16).for_model(plain).replay_weight == 1.0  # the schedule before the plans
+    kept = TrainConfig(replay=4, penalty_every=2, replay_weight=3.0).for_model(bn)
+    assert (kept.replay, kept.penalty_every, kept.replay_weight) == (4, 2, 3.0)
+    assert TrainConfig(replay=0).for_model(bn).replay_weight == 1.0  # no drawn rows: nothing to weigh
+    assert TrainConfig(penalty_every=2).for_model(plain).replay_weight == pytest.approx(16 * 2 / 6)
+    with pytest.raises(ValueError, match="train.replay"):
+        TrainConfig(replay=-1)
 
 
 @pytest.mark.parametrize("batch_path", [False, True])
@@ -187,7 +212,7 @@ def test_replay_weight_counts_each_drawn_row_as_that_many_batch_rows(monkeypatch
     torch.manual_seed(0)
     data, model = _data(8), build_model("small-cnn", 3, 1, 8)
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.0, lam=0.0, warmup_steps=0, replay=1, replay_weight=weight,
-                      counterexamples=0.0)  # fmt: skip
+                      penalty_every=1, counterexamples=0.0)  # fmt: skip
     epoch = train_round(model, data, _feedback([0]), GRID, cfg, seed=0).epochs[0]
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(model(data.images), data.labels, reduction="none")
@@ -231,7 +256,7 @@ def test_drawn_rows_ce_from_the_penalty_pass_trains_exactly_as_in_the_batch(monk
     import trainer.core.loop as loop
 
     data, fb = _data(48), _feedback([1, 5, 9, 20, 33])
-    cfg = TrainConfig(epochs=2, batch_size=8, replay=3, warmup_steps=0, lam=1.0)
+    cfg = TrainConfig(epochs=2, batch_size=8, replay=3, penalty_every=1, warmup_steps=0, lam=1.0)
     trained = {}
     for batch_path in (False, True):
         monkeypatch.setattr(loop, "has_batchnorm", lambda model, forced=batch_path: forced)

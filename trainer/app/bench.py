@@ -1,8 +1,9 @@
 """``hitl bench step``: the cost of a training step with the feedback penalty, as a ratio to a plain CE step.
 
-Both are timed in one process on the same model and batch. By default the step is the training default's:
-``TrainConfig.replay`` annotated rows join the batch (CE over batch + rows, the rows' from the penalty pass's
-forward as in ``train_round`` when the model has no batch norm) and each is penalised. With
+Both are timed in one process on the same model and batch. By default the step is the training default's
+penalised step: the model's replay rows (``TrainConfig.for_model``) join the batch (CE over batch + rows, the
+rows' from the penalty pass's forward as in ``train_round`` when the model has no batch norm) and each is
+penalised; ``mean_ratio`` spreads it over the plan's ``penalty_every`` steps, the others plain CE steps. With
 ``annotated`` a share of the batch's own rows carries a mask instead (nothing joins the batch).
 """
 
@@ -30,7 +31,9 @@ def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, ann
     net = build_model(model, classes, channels, size).to(dev).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     joined = annotated is None
-    m = (TrainConfig().replay if rows is None else rows) if joined else max(1, round(annotated * batch))
+    plan = TrainConfig().for_model(net)
+    m = (plan.replay if rows is None else rows) if joined else max(1, round(annotated * batch))
+    every = plan.penalty_every if joined else 1
     x = torch.rand(batch + (m if joined else 0), channels, size, size, device=dev)
     y = torch.randint(0, classes, (len(x),), device=dev)
     xa = x[batch:] if joined else x[:m]
@@ -68,6 +71,7 @@ def bench_step(*, model: str = "resnet18", batch: int = 64, size: int = 112, ann
     ce_ms, reg_ms = statistics.median(times["ce"]), statistics.median(times["reg"])
     return {
         "ce_ms": round(ce_ms, 2), "reg_ms": round(reg_ms, 2), "ratio": round(reg_ms / ce_ms, 3),
+        "penalty_every": every, "mean_ratio": round((reg_ms + (every - 1) * ce_ms) / (every * ce_ms), 3),
         "model": model, "batch": batch, "size": size, "annotated_rows": m, "joined": joined, "steps": steps,
         "precision": precision,
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -85,7 +89,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--rows", type=int, default=None,
-                   help=f"annotated rows joining each batch, each penalised (default: replay, {TrainConfig().replay})")
+                   help="annotated rows joining each batch, each penalised (default: the model's replay)")
     p.add_argument("--annotated", type=float, default=None,
                    help="instead: this share of the batch's own rows carries a mask")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
@@ -102,5 +106,6 @@ def _main(args) -> int:
         print(json.dumps(r))
     else:
         print(f"{r['model']} batch {r['batch']} at {r['size']} px on {r['device']}: CE step {r['ce_ms']} ms, "
-              f"with penalty on {r['annotated_rows']} rows{' joining the batch' if r['joined'] else ''} {r['reg_ms']} ms, ratio {r['ratio']}")  # fmt: skip
+              f"with penalty on {r['annotated_rows']} rows{' joining the batch' if r['joined'] else ''} {r['reg_ms']} ms, ratio {r['ratio']}; "
+              f"penalised every {r['penalty_every']} steps, mean ratio {r['mean_ratio']}")  # fmt: skip
     return 0

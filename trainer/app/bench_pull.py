@@ -23,7 +23,7 @@ from label_config.grid import Grid
 from label_config.names import IMAGE_KEY, SALIENCY_KEY, SAMPLE_ID_KEY
 from trainer.app.lsserver import LabelStudioServer
 from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
-from trainer.core.loop import TrainConfig
+from trainer.core.loop import REPLAY_CE_ROWS
 from trainer.labelstudio.annotator import browser_result
 from trainer.labelstudio.client import connect, ensure_project, import_tasks
 from trainer.labelstudio.pull import pull
@@ -73,9 +73,10 @@ def _bench(client, url: str, root: Path, annotations: int, batch: int) -> dict:
 
 
 def feedback_memory(*, images: int = 1_000_000, annotated: int = 10_000, grid_cells: tuple[int, int] = (7, 7),
-                    pixels: int = 224) -> dict:  # fmt: skip
+                    pixels: int = 224, rows: int = REPLAY_CE_ROWS) -> dict:  # fmt: skip
     """Bytes held by W for ``images`` images of which ``annotated`` carry cells (a Feedback, as pulls build
-    it), and by the pixel masks W of one replay step (``TrainConfig.replay`` rows at ``pixels`` px)."""
+    it), and by the pixel masks W of one replay step (``rows`` rows at ``pixels`` px: 16, the replay before
+    ``REPLAY_PLANS``, which draw fewer)."""
     rng = np.random.default_rng(0)
     ids = rng.choice(images, size=annotated, replace=False)
     tracemalloc.start()
@@ -83,7 +84,7 @@ def feedback_memory(*, images: int = 1_000_000, annotated: int = 10_000, grid_ce
     feedback = Feedback(cells={int(i): rng.random(grid_cells) < 0.2 for i in ids})
     held = tracemalloc.get_traced_memory()[0] - before
     grid = Grid(pixels, pixels, *grid_cells)
-    step = feedback.masks([int(i) for i in ids[: TrainConfig().replay]], grid)
+    step = feedback.masks([int(i) for i in ids[:rows]], grid)
     tracemalloc.stop()
     return {"images": images, "annotated": annotated, "w_bytes": held, "w_mb": round(held / 2**20, 2),
             "step_masks_mb": round(step.element_size() * step.nelement() / 2**20, 2), "pixels": pixels}  # fmt: skip

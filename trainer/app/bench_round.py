@@ -24,6 +24,7 @@ import dataclasses
 import json
 import statistics
 import time
+import typing
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: s
         "model": model, "size": first["size"], "dataset": dataset, "train_images": first["train_images"],
         "annotated": first["annotated"], "seeds": list(seeds), "device": cfg.device, "precision": cfg.precision,
         "penalised_rows_per_step": first["feedback"]["penalised_rows_per_step"], "repeat": repeat,
+        "plan": first["plan"],
         "train": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "per_seed": per_seed,
     }  # fmt: skip
@@ -107,7 +109,9 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
     feedback = Feedback()
     for i in asked:
         feedback.cells[int(i)] = simulated_cells(truth[int(i)], grid, AnnotatorConfig(), rng)
-    result = {"size": h, "train_images": len(train_set), "annotated": len(feedback.annotated_ids())}
+    plan = arms["feedback"].for_model(model)
+    result = {"size": h, "train_images": len(train_set), "annotated": len(feedback.annotated_ids()),
+              "plan": {k: getattr(plan, k) for k in ("replay", "penalty_every", "replay_weight")}}  # fmt: skip
     timings: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
     for rep in range(repeat):
         for arm in list(arms) if rep % 2 == 0 else list(arms)[::-1]:
@@ -150,15 +154,16 @@ def _time_arm(model, optimizer, train_set, test_set, grid, feedback, cfg: TrainC
 def _override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
     if not sep or key not in fields:
         raise argparse.ArgumentTypeError(f"--compare takes KEY=VALUE with KEY one of {sorted(fields)}, got {text!r}")
-    default = getattr(TrainConfig(), key)
-    if isinstance(default, bool):
+    kind = next(t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None))
+    if kind is bool:
         return key, value.lower() in ("1", "true", "yes", "on")
     try:
-        return key, type(default)(value)
+        return key, kind(value)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--compare {key}: {value!r} is not a {type(default).__name__}") from e
+        raise argparse.ArgumentTypeError(f"--compare {key}: {value!r} is not a {kind.__name__}") from e
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ on what is there, so any content there keeps the label.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ class TrainConfig:
     ``penalty_every``: k > 1 draws the replay rows and takes the penalty on every k-th step only, at k times
     the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
     still counts every step since the first penalised one. ``replay_weight``: each drawn row's CE counts as
-    that many batch rows (the penalty is a mean over the penalised rows, so it needs no such weight): replay
-    k rows at weight 16 / k gives the step the expected gradient of replay 16, at the cost of k rows.
+    that many batch rows (the penalty is a mean over the penalised rows, so it needs no such weight).
+    ``replay``, ``penalty_every`` and ``replay_weight`` left None are set for the model by ``for_model``
+    (``REPLAY_PLANS``): what a penalised step costs depends on whether the model has batch norm.
     ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``).
     ``lr_schedule``: ``cosine`` (the default): within each round the learning rate falls from ``lr`` to 0 along
     a half cosine and starts again at ``lr`` the next round (see ``round_lr``), so a round ends at a settled
@@ -61,9 +62,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     lam: float = 1.0
     warmup_steps: int = 60
-    replay: int = 16
-    penalty_every: int = 1
-    replay_weight: float = 1.0
+    replay: int | None = None
+    penalty_every: int | None = None
+    replay_weight: float | None = None
     counterexamples: float = 1.0
     donors: bool = True
     device: str = "cpu"
@@ -74,11 +75,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice(self.precision, "train.precision", PRECISIONS)
         check_choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
-        check_int(self.penalty_every, "train.penalty_every", minimum=1)
-        check_positive(self.replay_weight, "train.replay_weight")
+        if self.replay is not None:
+            check_int(self.replay, "train.replay", minimum=0)
+        if self.penalty_every is not None:
+            check_int(self.penalty_every, "train.penalty_every", minimum=1)
+        if self.replay_weight is not None:
+            check_positive(self.replay_weight, "train.replay_weight")
+
+    def for_model(self, model: nn.Module) -> TrainConfig:
+        """This config with ``replay``, ``penalty_every`` and ``replay_weight`` set where they are None: the
+        model's plan in ``REPLAY_PLANS``, and a weight that gives the replayed rows the CE of
+        ``REPLAY_CE_ROWS`` batch rows a step on average (``REPLAY_CE_ROWS * penalty_every / replay``)."""
+        replay, every = REPLAY_PLANS[has_batchnorm(model)]
+        replay = replay if self.replay is None else self.replay
+        every = every if self.penalty_every is None else self.penalty_every
+        weight = self.replay_weight
+        if weight is None:
+            weight = REPLAY_CE_ROWS * every / replay if replay else 1.0
+        return replace(self, replay=replay, penalty_every=every, replay_weight=weight)
 
 
 LR_SCHEDULES = ("constant", "cosine")
+
+# The replayed rows carry the CE of this many batch rows a step, on average, whatever their number: replay 16
+# at weight 1 was the default before the plans below, and fewer rows at a larger weight keep its expected step.
+REPLAY_CE_ROWS = 16
+# has batch norm -> (replay, penalty_every), measured on both models (README, "Speed: the replay plans"). Without
+# batch norm the replayed rows' CE comes from the penalty pass's own forward and a pass over a few rows is
+# cheap: 6 rows on every step. With batch norm the rows join the batch's pass too, and the penalty pass costs a
+# quarter of a CE step over one row already (ResNet-18, 56 px, this CPU): 8 rows on every 4th step.
+REPLAY_PLANS = {False: (6, 1), True: (8, 4)}
 
 
 def round_lr(lr: float, schedule: str, step: int, steps: int) -> float:
@@ -188,6 +214,7 @@ def train_round(
     ``score``: keep the last epoch's softmax of every training image (``RoundResult.train_probs``).
     """
     parallel = parallel or Parallel()
+    cfg = cfg.for_model(model)
     device = torch.device(cfg.device)
     model.to(device)
     optimizer = optimizer or make_optimizer(model, cfg)
