@@ -8,7 +8,9 @@ from torch import nn
 
 from trainer.app.bench_all import run_all
 from trainer.app.bench_fold import bench_fold, fold_cosines, smooth_activations
+from trainer.app.bench_round import bench_round
 from trainer.app.cli import main
+from trainer.core.loop import TrainConfig
 from trainer.core.models import build_model
 
 
@@ -45,6 +47,15 @@ def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(ca
     assert seed["compare-2"]["penalised_rows_per_step"] < out["penalised_rows_per_step"] / 2
     for arm in ("compare", "compare-2"):
         assert out[arm]["ratio"] == pytest.approx(seed[arm]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
+
+
+def test_bench_round_arms_start_from_the_same_state(one_torch_thread):
+    """An arm compared with the very settings of the feedback arm trains to the same model: every arm starts from
+    the round-0 model and optimizer, not from the moments the arms before it left (Adam updates them in place)."""
+    out = bench_round(model="small-cnn", fraction=0.05, budget=0.05, train=TrainConfig(epochs=1),
+                      compare=[{"lam": TrainConfig().lam}])  # fmt: skip
+    seed = out["per_seed"][0]
+    assert (seed["compare"]["acc"], seed["compare"]["loss"]) == (seed["feedback"]["acc"], seed["feedback"]["loss"])
 
 
 def test_bench_round_refuses_an_unknown_override(capsys):

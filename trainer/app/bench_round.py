@@ -130,7 +130,9 @@ def _time_arm(model, optimizer, train_set, test_set, grid, feedback, cfg: TrainC
     """One timed round of ``arm`` on a copy of the round-0 model: ((train seconds, next-images seconds), scores)."""
     net = copy.deepcopy(model)
     opt = make_optimizer(net, cfg)
-    opt.load_state_dict(optimizer.state_dict())
+    # A copy: load_state_dict keeps the given tensors where dtype and device match, and Adam updates its moments
+    # in place, so each arm would start from the moments the arms before it left.
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     given = Feedback() if arm == "plain" else feedback
     torch.manual_seed(round_seed(seed, 1))
     started = time.perf_counter()
