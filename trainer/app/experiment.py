@@ -316,11 +316,11 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=5, help="feedback rounds after the initial round")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
-    p.add_argument("--replay", type=int, default=None, help="annotated rows appended to a penalised step's batch (default: the model's plan, 6 or 8)")
+    p.add_argument("--replay", type=int, default=None, help="annotated rows appended to a penalised step's batch (default: the model's plan, 6 without batch norm, 16 with)")
     p.add_argument("--replay-weight", type=float, default=None,
                    help="CE weight of each appended annotated row, in batch rows (default: 16 x penalty-every / replay)")
     p.add_argument("--penalty-every", type=int, default=None,
-                   help="penalise every k-th step at k times the weight (default: the model's plan, 1 or 4)")
+                   help="penalise every k-th step at k times the weight (default: the model's plan, 1)")
     p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")
     p.add_argument("--counterexamples", type=float, default=None,
                    help=f"share of replayed rows refilled in their mask (default {d.counterexamples})")
