@@ -75,8 +75,8 @@ def _bench(client, url: str, root: Path, annotations: int, batch: int) -> dict:
 def feedback_memory(*, images: int = 1_000_000, annotated: int = 10_000, grid_cells: tuple[int, int] = (7, 7),
                     pixels: int = 224, rows: int = REPLAY_CE_ROWS) -> dict:  # fmt: skip
     """Bytes held by W for ``images`` images of which ``annotated`` carry cells (a Feedback, as pulls build
-    it), and by the pixel masks W of one replay step (``rows`` rows at ``pixels`` px: 16, the replay before
-    ``REPLAY_PLANS``, which draw fewer)."""
+    it), and by the pixel masks W of one replay step (``rows`` rows at ``pixels`` px: 16, what a step of a
+    batch-norm model at 224 px draws under ``REPLAY_PLANS``)."""
     rng = np.random.default_rng(0)
     ids = rng.choice(images, size=annotated, replace=False)
     tracemalloc.start()
