@@ -155,10 +155,9 @@ def _time_arm(model, optimizer, train_set, test_set, grid, feedback, cfg: TrainC
 
 def _override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
-    if not sep or key not in fields:
-        raise argparse.ArgumentTypeError(f"--compare takes KEY=VALUE with KEY one of {sorted(fields)}, got {text!r}")
+    hints = typing.get_type_hints(TrainConfig)  # every field's declared type
+    if not sep or key not in hints:
+        raise argparse.ArgumentTypeError(f"--compare takes KEY=VALUE with KEY one of {sorted(hints)}, got {text!r}")
     kind = next(t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None))
     if kind is bool:
         return key, value.lower() in ("1", "true", "yes", "on")

@@ -103,9 +103,9 @@ REPLAY_CE_ROWS = 16
 # has batch norm -> (replay, penalty_every), measured on both models (README, "The replay plans"). Without batch
 # norm the replayed rows' CE comes from the penalty pass's own forward and a pass over a few rows is cheap: 6 rows
 # on every step cost a round 1.25 times a plain one against 1.53 for 16 (small CNN, this CPU), and lost 0.004 in
-# one round and at most 0.011 over five rounds of the family. With batch norm the rows join the batch's pass as well, and the
-# penalty pass over one row costs a quarter of a CE step already (ResNet-18, 56 px, this CPU): only fewer
-# penalised steps fit in 1.2, and 8 rows on every 4th step (1.14) lost 0.03 on texture-mnist-rgb over five
+# one round and at most 0.011 over five rounds of the family. With batch norm the rows join the batch's pass as
+# well, and the penalty pass over one row costs a quarter of a CE step already (ResNet-18, 56 px, this CPU): only
+# fewer penalised steps fit in 1.2, and 8 rows on every 4th step (1.14) lost 0.03 on texture-mnist-rgb over five
 # rounds and missed its bar, so batch-norm models keep 16 rows on every step.
 REPLAY_PLANS = {False: (6, 1), True: (16, 1)}
 
