@@ -20,7 +20,6 @@ It ends with the table (accuracy, min loss, irrelevant share on the decoy test s
 from __future__ import annotations
 
 import multiprocessing as mp
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 from trainer.app import plots
 from trainer.app.lsserver import LabelStudioServer, free_port, port_free
 from trainer.app.services import BackendProcess, connect_backend, link_project
+from trainer.app.workers import exit_on_sigterm, worker_setup
 from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
 from trainer.core.loop import evaluate
@@ -152,7 +152,7 @@ def _train_arms(cfg: DemoConfig, feedback: Run, baseline: Run, client, link, log
     try:
         # A Pool, not a ProcessPoolExecutor: leaving the block terminates the worker, so Ctrl-C or a kill
         # does not wait for the baseline's remaining rounds (its checkpoints let the next run resume).
-        with mp.get_context("spawn").Pool(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with mp.get_context("spawn").Pool(1, **worker_setup(threads=1)) as pool:
             pending = pool.apply_async(train_baseline, (str(baseline.directory), cfg.rounds))
             run_loop(feedback, client, link, rounds=cfg.rounds, simulate="rect", progress=sys.stderr.isatty(),
                      log=lambda line: log(f"[feedback] {line}"))
@@ -301,13 +301,11 @@ def _demo(args) -> int:
                      batch_size=args.batch_size, seed=args.seed, stop=args.stop, port=args.port,
                      label_studio_url=args.label_studio_url, api_key=args.api_key, document_root=args.document_root)
     # A plain `kill` must also unwind run_demo's finally, which stops Label Studio and the backend.
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        run_demo(cfg)
+        with exit_on_sigterm():
+            run_demo(cfg)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the same command (`hitl demo --dir {args.dir} ...`) continues where this stopped",
               file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0

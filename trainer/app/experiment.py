@@ -42,6 +42,7 @@ from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
+from trainer.app.workers import exit_on_sigterm, stop_workers, worker_setup
 from trainer.runs.atomic import write_json
 
 ARMS = ("baseline", "clean", "rrr_all", "hitl")
@@ -214,32 +215,42 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
             sharing.setdefault((clean_twin(d), seed), []).append(d)
     done: dict[tuple, dict] = {}  # job -> run_arm's dict
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:  # one thread per worker
-        waiting: dict = {}  # future -> the jobs it answers
-        shared: dict[tuple, object] = {}
-        for job in jobs:
-            dataset, _, kind, seed = job[:4]
-            if kind != "clean":
-                waiting[pool.submit(run_arm, cfg, *job[:1], *job[2:])] = [job]
-                continue
-            key = (clean_twin(dataset), seed)
-            if key not in shared:
-                shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
-                waiting[shared[key]] = []
-            waiting[shared[key]].append(job)
-        for fut in as_completed(waiting):
-            for job in waiting[fut]:
-                dataset, name, kind, seed = job[:4]
-                r = done[job] = fut.result()[dataset] if kind == "clean" else fut.result()
-                log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
-                    f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
-            if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
-                write_json(out / "results.json", {**_results(cfg, jobs, done), "finished": False})
+                             **worker_setup(threads=1)) as pool:  # one thread per worker
+        try:
+            _run_jobs(cfg, jobs, sharing, done, pool, out, log)
+        except BaseException:  # Ctrl-C, a kill (exit_on_sigterm), a failed arm: do not wait for the running arms
+            stop_workers(pool)
+            raise
     results = _results(cfg, jobs, done)
     results["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(out / "results.json", {**results, "finished": True})
     return results
+
+
+def _run_jobs(cfg: ExperimentConfig, jobs: list[tuple], sharing: dict[tuple, list[str]], done: dict[tuple, dict],
+              pool: ProcessPoolExecutor, out: Path | None, log) -> None:
+    """Submit every job to ``pool`` and record each in ``done`` (and ``out/results.json``) as it finishes."""
+    waiting: dict = {}  # future -> the jobs it answers
+    shared: dict[tuple, object] = {}
+    for job in jobs:
+        dataset, _, kind, seed = job[:4]
+        if kind != "clean":
+            waiting[pool.submit(run_arm, cfg, *job[:1], *job[2:])] = [job]
+            continue
+        key = (clean_twin(dataset), seed)
+        if key not in shared:
+            shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
+            waiting[shared[key]] = []
+        waiting[shared[key]].append(job)
+    for fut in as_completed(waiting):
+        for job in waiting[fut]:
+            dataset, name, kind, seed = job[:4]
+            r = done[job] = fut.result()[dataset] if kind == "clean" else fut.result()
+            log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
+                f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
+        if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
+            write_json(out / "results.json", {**_results(cfg, jobs, done), "finished": False})
 
 
 def _results(cfg: ExperimentConfig, jobs: list[tuple], done: dict[tuple, dict]) -> dict:
@@ -342,8 +353,10 @@ def register(sub) -> None:
 
 
 def _experiment(args) -> int:
-    # Each arm's line as it finishes, also when stdout is a file or a pipe (a long run under nohup or tee).
-    results = run_experiment(config_from_args(args), args.out, log=lambda line: print(line, flush=True))
+    # Each arm's line as it finishes, also when stdout is a file or a pipe (a long run under nohup or tee). A kill
+    # ends the workers too; the arms that finished are in results.json already.
+    with exit_on_sigterm():
+        results = run_experiment(config_from_args(args), args.out, log=lambda line: print(line, flush=True))
     print(format_table(results))
     print(f"wall time {results['seconds']:.0f} s" + (f"; results in {args.out / 'results.json'}" if args.out else ""))
     return 0
