@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.processes import alive, children
 from trainer.app.cli import main
 from trainer.app.demo import DemoConfig, example_ids
 from trainer.app.lsserver import free_port
@@ -129,6 +130,37 @@ def test_demo_resumes_and_keeps_label_studio_running_until_ctrl_c(finished_demo)
     assert [h["annotated"] for h in feedback.history()] == [0, 3, 6]
     assert len(results["arms"]["baseline"]["accuracy_per_round"]) == 3
     assert not answers(ls["url"]) and not answers(results["backend_url"])
+
+
+@pytest.mark.labelstudio
+def test_a_demo_whose_baseline_worker_dies_says_so_and_stops_everything(tmp_path):
+    """The baseline arm trains in a worker process. Before, the demo waited for a killed worker forever (a
+    multiprocessing.Pool loses its job, and its terminate() then blocks on the lock the worker held): now it ends
+    with an error that says what happened, and stops Label Studio, the backend and the worker."""
+    command = demo_command(tmp_path / "demo-run", "--stop")
+    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started: dict[int, str] = {}
+    try:
+        deadline, worker = time.monotonic() + 300, None
+        while worker is None and time.monotonic() < deadline and proc.poll() is None:
+            started.update(children(proc.pid))
+            worker = next((p for p, c in started.items() if "spawn_main" in c and alive(p)), None)
+            time.sleep(0.1)
+        assert worker is not None, f"no baseline worker (exit code {proc.poll()})"
+        started.update(children(proc.pid))
+        os.kill(worker, signal.SIGKILL)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, out[-3000:]
+    assert "hitl demo: error: the baseline arm's worker process died" in out
+    port = command[command.index("--port") + 1]
+    assert not answers(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 20  # Label Studio, the backend, multiprocessing's resource tracker: all end
+    while time.monotonic() < deadline and any(alive(p) for p in started):
+        time.sleep(0.2)
+    assert not [c for p, c in started.items() if alive(p)]
 
 
 def read_until(proc: subprocess.Popen, marker: str, *, timeout: float) -> str:

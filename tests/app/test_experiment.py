@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.processes import alive, children, cpu_seconds
 from trainer.app.cli import build_parser, main
 from trainer.app.experiment import ExperimentConfig, arm_names, config_from_args, run_arm, run_clean
 from trainer.core.loop import TrainConfig
@@ -119,60 +119,37 @@ def test_results_keep_an_arm_that_finished_before_those_listed_ahead_of_it():
         "seeds": [0], "acc": [0.5], "min_loss": [0.3], "irrelevant_share": [0.2], "history": [[]]}
 
 
-def _children(pid: int) -> dict[int, str]:
-    """The live child processes of ``pid`` (from /proc): pid -> command line."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:  # state, ppid
-            found[int(stat.parent.name)] = cmdline
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["kill", "kill -9"])
-def test_killing_an_experiment_ends_its_workers_in_the_middle_of_their_arms(tmp_path, sig):
+@pytest.mark.parametrize("target, sig", [("parent", signal.SIGTERM), ("parent", signal.SIGKILL), ("worker", signal.SIGKILL)],
+                         ids=["kill", "kill -9", "a worker killed"])  # fmt: skip
+def test_killing_an_experiment_or_a_worker_ends_every_worker_in_the_middle_of_its_arm(tmp_path, target, sig):
     """Before, a `kill` ended the parent alone and each worker trained its arm to the end (half an hour of both
     cores on a ResNet run). SIGTERM now unwinds the pool and terminates the workers; after SIGKILL, which nothing
-    can catch, each worker sees it was re-parented and ends itself."""
+    can catch, each worker sees it was re-parented and ends itself. A worker killed (the OOM killer) ends the
+    command with an error that names the arm, and the other worker with it."""
     cmd = [sys.executable, "-m", "trainer.app.cli", "experiment", "--dataset", "decoy-mnist", "--seeds", "0",
            "--arms", "baseline", "hitl", "--rounds", "5", "--workers", "2", "--out", str(tmp_path / "exp")]  # fmt: skip
-    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and parent.poll() is None:  # both workers well into their arms
-            workers = {p: c for p, c in _children(parent.pid).items() if "spawn_main" in c}
-            if len(workers) == 2 and all(_cpu_seconds(p) > 3 for p in workers):
+            workers = {p: c for p, c in children(parent.pid).items() if "spawn_main" in c}
+            if len(workers) == 2 and all(cpu_seconds(p) > 3 for p in workers):
                 break
             time.sleep(0.2)
-        assert parent.poll() is None and len(workers) == 2, parent.stderr.read().decode()[-2000:]
-        parent.send_signal(sig)
+        assert parent.poll() is None and len(workers) == 2, parent.stderr.read()[-2000:]
+        os.kill(parent.pid if target == "parent" else min(workers), sig)
         code = parent.wait(timeout=60)
-        assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        while time.monotonic() < deadline and any(alive(p) for p in workers):
             time.sleep(0.2)
-        assert not [p for p in workers if _alive(p)], "workers still training after their parent was killed"
+        assert not [p for p in workers if alive(p)], "workers still training after the experiment ended"
+        if target == "worker":
+            assert code == 2
+            assert "a worker process died while training decoy-mnist" in parent.stderr.read()
+        else:
+            assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
         assert not (tmp_path / "exp" / "results.json").exists()  # no arm had finished: nothing claimed
     finally:
         parent.kill()

@@ -23,6 +23,7 @@ from trainer.app import (
     experiment,
     report,
 )
+from trainer.app.workers import WorkerDied
 from trainer.labelstudio.retry import LabelStudioUnavailable
 from trainer.runs.run import RunBusy
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RunBusy, LabelStudioUnavailable) as exc:
+    except (ValueError, FileNotFoundError, RunBusy, LabelStudioUnavailable, WorkerDied) as exc:
         print(f"hitl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from label_config.grid import Grid
+from trainer.app.workers import WorkerDied, exit_on_sigterm, stop_workers, worker_setup
 from trainer.core.checks import check_int
 from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import (
@@ -42,7 +44,6 @@ from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.data.registry import CONFOUNDED, clean_twin, load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
-from trainer.app.workers import exit_on_sigterm, stop_workers, worker_setup
 from trainer.runs.atomic import write_json
 
 ARMS = ("baseline", "clean", "rrr_all", "hitl")
@@ -246,7 +247,12 @@ def _run_jobs(cfg: ExperimentConfig, jobs: list[tuple], sharing: dict[tuple, lis
     for fut in as_completed(waiting):
         for job in waiting[fut]:
             dataset, name, kind, seed = job[:4]
-            r = done[job] = fut.result()[dataset] if kind == "clean" else fut.result()
+            try:
+                answer = fut.result()
+            except BrokenProcessPool as exc:
+                raise WorkerDied(f"a worker process died while training {dataset} {name} seed {seed} (killed, or "
+                                 f"out of memory?); the arms finished before it are in results.json") from exc
+            r = done[job] = answer[dataset] if kind == "clean" else answer
             log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
                 f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
         if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did

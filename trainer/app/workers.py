@@ -23,6 +23,10 @@ import torch
 PARENT_POLL_S = 0.5
 
 
+class WorkerDied(RuntimeError):
+    """A pool's worker process ended in the middle of a job (killed, or out of memory)."""
+
+
 def worker_setup(threads: int = 1) -> dict:
     """The ``initializer`` and ``initargs`` of a pool (``multiprocessing.Pool`` or ``ProcessPoolExecutor``) whose
     workers use ``threads`` torch threads and end when this process does."""
