@@ -41,15 +41,15 @@ from trainer.explain.batch import explain_batch
 
 def bench_round(*, model: str = "small-cnn", size: int | None = None, dataset: str | None = None,
                 seeds: tuple[int, ...] = (0,), budget: float = 0.01, fraction: float = 1.0,
-                train: TrainConfig | None = None, compare: dict | list[dict] | None = None,
+                train: TrainConfig | None = None, compare: list[dict] | None = None,
                 repeat: int = 1) -> dict:  # fmt: skip
     """Time one plain and one feedback round per seed (see the module docstring). Returns one dict.
 
-    compare: ``TrainConfig`` overrides of one compared arm, or a list of them (one arm each)."""
+    compare: ``TrainConfig`` overrides, one dict for each compared arm."""
     check_int(repeat, "repeat", minimum=1)
     cfg = train or TrainConfig()
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")
-    compares = [compare] if isinstance(compare, dict) else list(compare or [])
+    compares = compare or []
     arms = {"plain": cfg, "feedback": cfg}
     names = [compare_arm(i) for i in range(len(compares))]
     for name, overrides in zip(names, compares):

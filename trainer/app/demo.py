@@ -19,11 +19,8 @@ It ends with the table (accuracy, min loss, irrelevant share on the decoy test s
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,7 +30,7 @@ import torch
 from trainer.app import plots
 from trainer.app.lsserver import LabelStudioServer, free_port, port_free
 from trainer.app.services import BackendProcess, connect_backend, link_project
-from trainer.app.workers import WorkerDied, exit_on_sigterm, stop_workers, worker_setup
+from trainer.app.workers import exit_on_sigterm, job_result, worker_pool
 from trainer.core.checks import check_int
 from trainer.core.feedback import Feedback
 from trainer.core.loop import evaluate
@@ -152,24 +149,18 @@ def _train_arms(cfg: DemoConfig, feedback: Run, baseline: Run, client, link, log
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models on few busy cores: one thread per process is several times faster
     try:
-        # Leaving the block early (Ctrl-C, a kill) terminates the worker rather than waiting for the baseline's
-        # remaining rounds (its checkpoints let the next run resume). Not a multiprocessing.Pool: a Pool whose
-        # worker was killed waits forever, in get() and in terminate() (measured: the demo hung on both).
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), **worker_setup(threads=1)) as pool:
-            try:
-                pending = pool.submit(train_baseline, str(baseline.directory), cfg.rounds)
-                run_loop(feedback, client, link, rounds=cfg.rounds, simulate="rect", progress=sys.stderr.isatty(),
-                         log=lambda line: log(f"[feedback] {line}"))
-                if not pending.done():
-                    log("[baseline] waiting for the baseline arm to finish")
-                try:
-                    curve = ", ".join(f"{h['acc']:.3f}" for h in pending.result())
-                except BrokenProcessPool as exc:
-                    raise WorkerDied("the baseline arm's worker process died (killed, or out of memory?); the same "
-                                     "command resumes both arms from their last checkpoints") from exc
-            except BaseException:
-                stop_workers(pool)
-                raise
+        # worker_pool: leaving the block early (Ctrl-C, a kill) terminates the worker rather than waiting for the
+        # baseline's remaining rounds (its checkpoints let the next run resume); a worker that dies is an error.
+        # Not a multiprocessing.Pool: one whose worker was killed waits forever, in get() and in terminate().
+        with worker_pool(1, threads=1) as pool:
+            pending = pool.submit(train_baseline, str(baseline.directory), cfg.rounds)
+            run_loop(feedback, client, link, rounds=cfg.rounds, simulate="rect", progress=sys.stderr.isatty(),
+                     log=lambda line: log(f"[feedback] {line}"))
+            if not pending.done():
+                log("[baseline] waiting for the baseline arm to finish")
+            history = job_result(pending, "the baseline arm's worker process died (killed, or out of memory?); the "
+                                          "same command resumes both arms from their last checkpoints")
+            curve = ", ".join(f"{h['acc']:.3f}" for h in history)
             log(f"[baseline] accuracy per round: {curve}")
         arms = {"baseline": summarise(baseline), "feedback": summarise(feedback)}
         paths = make_plots(feedback, baseline, cfg.rounds, cfg.directory.resolve() / "plots")

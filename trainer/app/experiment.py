@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from label_config.grid import Grid
-from trainer.app.workers import WorkerDied, exit_on_sigterm, stop_workers, worker_setup
+from trainer.app.workers import exit_on_sigterm, job_result, worker_pool
 from trainer.core.checks import check_int
 from trainer.core.feedback import AnnotatorConfig, Feedback, simulated_cells
 from trainer.core.loop import (
@@ -215,48 +213,34 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
         for seed in cfg.seeds:
             sharing.setdefault((clean_twin(d), seed), []).append(d)
     done: dict[tuple, dict] = {}  # job -> run_arm's dict
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
-                             **worker_setup(threads=1)) as pool:  # one thread per worker
-        try:
-            _run_jobs(cfg, jobs, sharing, done, pool, out, log)
-        except BaseException:  # Ctrl-C, a kill (exit_on_sigterm), a failed arm: do not wait for the running arms
-            stop_workers(pool)
-            raise
+    with worker_pool(cfg.workers, threads=1) as pool:  # one thread per worker
+        waiting: dict = {}  # future -> the jobs it answers
+        shared: dict[tuple, object] = {}
+        for job in jobs:
+            dataset, _, kind, seed = job[:4]
+            if kind != "clean":
+                waiting[pool.submit(run_arm, cfg, *job[:1], *job[2:])] = [job]
+                continue
+            key = (clean_twin(dataset), seed)
+            if key not in shared:
+                shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
+                waiting[shared[key]] = []
+            waiting[shared[key]].append(job)
+        for fut in as_completed(waiting):
+            for job in waiting[fut]:
+                dataset, name, kind, seed = job[:4]
+                answer = job_result(fut, f"a worker process died while training {dataset} {name} seed {seed} (killed, "
+                                         f"or out of memory?); the arms finished before it are in results.json")
+                r = done[job] = answer[dataset] if kind == "clean" else answer
+                log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
+                    f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
+            if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
+                write_json(out / "results.json", {**_results(cfg, jobs, done), "finished": False})
     results = _results(cfg, jobs, done)
     results["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(out / "results.json", {**results, "finished": True})
     return results
-
-
-def _run_jobs(cfg: ExperimentConfig, jobs: list[tuple], sharing: dict[tuple, list[str]], done: dict[tuple, dict],
-              pool: ProcessPoolExecutor, out: Path | None, log) -> None:
-    """Submit every job to ``pool`` and record each in ``done`` (and ``out/results.json``) as it finishes."""
-    waiting: dict = {}  # future -> the jobs it answers
-    shared: dict[tuple, object] = {}
-    for job in jobs:
-        dataset, _, kind, seed = job[:4]
-        if kind != "clean":
-            waiting[pool.submit(run_arm, cfg, *job[:1], *job[2:])] = [job]
-            continue
-        key = (clean_twin(dataset), seed)
-        if key not in shared:
-            shared[key] = pool.submit(run_clean, cfg, tuple(sharing[key]), seed)
-            waiting[shared[key]] = []
-        waiting[shared[key]].append(job)
-    for fut in as_completed(waiting):
-        for job in waiting[fut]:
-            dataset, name, kind, seed = job[:4]
-            try:
-                answer = fut.result()
-            except BrokenProcessPool as exc:
-                raise WorkerDied(f"a worker process died while training {dataset} {name} seed {seed} (killed, or "
-                                 f"out of memory?); the arms finished before it are in results.json") from exc
-            r = done[job] = answer[dataset] if kind == "clean" else answer
-            log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
-                f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
-        if out is not None:  # every finished arm is on disk at once: a long run cut short keeps what it did
-            write_json(out / "results.json", {**_results(cfg, jobs, done), "finished": False})
 
 
 def _results(cfg: ExperimentConfig, jobs: list[tuple], done: dict[tuple, dict]) -> dict:
@@ -333,9 +317,12 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=5, help="feedback rounds after the initial round")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
-    p.add_argument("--replay", type=int, default=None, help="annotated rows appended to a penalised step's batch (default: the model's plan, 6 without batch norm, 16 with)")
+    p.add_argument("--replay", type=int, default=None,
+                   help="annotated rows appended to a penalised step's batch (default: the model's plan, 6 without "
+                        "batch norm, 16 with)")  # fmt: skip
     p.add_argument("--replay-weight", type=float, default=None,
-                   help="CE weight of each appended annotated row, in batch rows (default: 16 x penalty-every / replay)")
+                   help="CE weight of each appended annotated row, in batch rows (default: 16 x penalty-every / "
+                        "replay)")  # fmt: skip
     p.add_argument("--penalty-every", type=int, default=None,
                    help="penalise every k-th step at k times the weight (default: the model's plan, 1)")
     p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")

@@ -10,13 +10,15 @@ and ends itself once the parent is gone, and the commands turn SIGTERM into an e
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
@@ -27,13 +29,30 @@ class WorkerDied(RuntimeError):
     """A pool's worker process ended in the middle of a job (killed, or out of memory)."""
 
 
-def worker_setup(threads: int = 1) -> dict:
-    """The ``initializer`` and ``initargs`` of a pool (``multiprocessing.Pool`` or ``ProcessPoolExecutor``) whose
-    workers use ``threads`` torch threads and end when this process does."""
-    return {"initializer": start_worker, "initargs": (os.getpid(), threads)}
+@contextlib.contextmanager
+def worker_pool(workers: int, *, threads: int = 1) -> Iterator[ProcessPoolExecutor]:
+    """A ``ProcessPoolExecutor`` of ``workers`` spawned processes with ``threads`` torch threads each, which end
+    when this process does. Leaving the block by an exception (Ctrl-C, a kill under ``exit_on_sigterm``, a failed
+    job) terminates them, running jobs included, where the executor alone would wait for those jobs."""
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(os.getpid(), threads)) as pool:  # fmt: skip
+        try:
+            yield pool
+        except BaseException:
+            _stop_workers(pool)
+            raise
 
 
-def start_worker(parent: int, threads: int) -> None:
+def job_result(future: Future, died: str):
+    """``future.result()``; a worker that died under it (killed, or out of memory) raises ``WorkerDied(died)``."""
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise WorkerDied(died) from exc
+
+
+def _start_worker(parent: int, threads: int) -> None:
     """A pool worker's initializer: ``threads`` torch threads, and a daemon thread that ends this process as soon
     as ``parent`` is no longer its parent (it died, and the process was re-parented)."""
     torch.set_num_threads(threads)
@@ -46,14 +65,14 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)  # no unwinding: the parent that would collect the result is gone
 
 
-def stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate a pool's workers now, running jobs included (leaving its with-block would wait for them).
-    Python 3.14's ``terminate_workers`` where there is one, else the same on the executor's process table."""
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate a pool's workers now, running jobs included. Python 3.14's ``terminate_workers`` where there is
+    one, else the same on the executor's process table (read first: ``shutdown`` drops it)."""
     terminate = getattr(pool, "terminate_workers", None)
     if terminate is not None:
         terminate()
         return
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown drops the table
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
