@@ -9,12 +9,14 @@
 
 Round 0 trains without feedback; round r > 0 continues from round r-1's checkpoint with the feedback the
 ledger holds. A crash inside a round loses only that round: the next call starts it again from the last
-checkpoint, with the same feedback.
+checkpoint, with the same feedback. A newest checkpoint that cannot be used (truncated, a directory, another
+run's file) stops the next round with an error naming it: training never skips or overwrites a round's file.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -43,12 +45,15 @@ from trainer.data.registry import load_dataset, train_fraction
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
 from trainer.runs.checkpoint import (
+    CheckpointError,
+    check_meta,
     checkpoint_path,
-    checkpoint_round,
-    latest_checkpoint,
+    list_checkpoints,
+    model_from_state,
     read_checkpoint,
     read_train_probs,
     save_checkpoint,
+    shown,
 )
 from trainer.runs.ledger import Ledger
 
@@ -157,10 +162,37 @@ class Run:
     def ledger(self) -> Ledger:
         return Ledger(self.directory / "ledger.sqlite")
 
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(round, path)`` of every entry named as a checkpoint, oldest first (not yet read or verified)."""
+        return list_checkpoints(self.checkpoint_dir)
+
     def current_round(self) -> int:
         """The round of the newest checkpoint, -1 before round 0 finished."""
-        latest = latest_checkpoint(self.checkpoint_dir)
-        return -1 if latest is None else checkpoint_round(latest)
+        found = self.checkpoints()
+        return found[-1][0] if found else -1
+
+    def expected_meta(self) -> dict:
+        """What every checkpoint of this run must say about its model (``check_meta``)."""
+        c = self.config
+        if "datasets" in self.__dict__:  # already loaded (training): no second load
+            classes, shape = tuple(self.classes), self.image_shape
+        else:  # the backend: the dataset's facts, loaded once per process
+            classes, shape = _data_facts(c.dataset, c.image_size, c.channels, c.seed)
+        return {"model": c.model, "num_classes": len(classes), "in_channels": shape[0], "image_size": shape[1],
+                "classes": list(classes)}  # fmt: skip
+
+    def checkpoint_state(self, round_: int) -> dict:
+        """Round ``round_``'s checkpoint, read and verified: a regular file inside the run directory whose
+        meta matches this run and names this round. CheckpointError names the file relative to the run."""
+        path = checkpoint_path(self.checkpoint_dir, round_)
+        state = read_checkpoint(path, root=self.directory)
+        check_meta(state["meta"], round_, self.expected_meta(), shown(path, self.directory))
+        return state
+
+    def load_checkpoint(self, round_: int) -> tuple[nn.Module, dict]:
+        """(model in eval mode, meta) of round ``round_``, verified as ``checkpoint_state`` does."""
+        return model_from_state(self.checkpoint_state(round_), shown(checkpoint_path(self.checkpoint_dir, round_),
+                                                                     self.directory))  # fmt: skip
 
     def model_version(self, round_: int) -> str:
         return f"{self.name}-r{round_:03d}"
@@ -171,19 +203,35 @@ class Run:
         c = self.config
         ch, h, _ = self.image_shape
         torch.manual_seed(c.seed)
-        latest = latest_checkpoint(self.checkpoint_dir)
+        found = self.checkpoints()
+        latest = found[-1][0] if found else None
+        state = None if latest is None else self._resume_state(latest)
         # The local weights file only seeds round 0: a later round starts from its checkpoint, file or no file.
         model = build_model(c.model, len(self.classes), ch, h, weights_path=c.weights if latest is None else None)
         # On the training device before the optimizer exists: load_state_dict then puts Adam's state there too.
         model.to(device or c.train.device)
         optimizer = make_optimizer(model, c.train)
-        if latest is None:
+        if state is None:
             return model, optimizer, None
-        state = read_checkpoint(latest)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # the meta matched but the weights do not fit
+            name = shown(checkpoint_path(self.checkpoint_dir, latest), self.directory)
+            raise CheckpointError(f"{name} does not fit this run's model: {str(exc)[:200]}") from exc
         if state.get("optimizer"):
             optimizer.load_state_dict(state["optimizer"])
         return model, optimizer, state["meta"]
+
+    def _resume_state(self, round_: int) -> dict:
+        """The newest checkpoint's state, which the next round continues from. One that cannot be used stops
+        training (rather than skipping it and overwriting or renumbering a round): the error says what to do."""
+        try:
+            return self.checkpoint_state(round_)
+        except (CheckpointError, FileNotFoundError) as exc:
+            older = [r for r, _ in self.checkpoints() if r < round_]
+            after = f"continue from round {older[-1]}" if older else "train round 0 again"
+            raise CheckpointError(f"cannot continue run {self.directory}: {exc}. Restore that file, or move it out "
+                                  f"of {shown(self.checkpoint_dir, self.directory)}/ to {after}") from exc  # fmt: skip
 
     def feedback(self) -> Feedback:
         """The feedback the ledger holds (an empty one before anything was pulled)."""
@@ -237,8 +285,9 @@ class Run:
 
     def _train_next_round(self, feedback: Feedback | None, *, progress: bool) -> dict:
         started_at = datetime.now(timezone.utc)
-        model, optimizer, _ = self.load_model()
         round_ = self.current_round() + 1
+        checkpoint_path(self.checkpoint_dir, round_)  # past MAX_ROUND: refused before the round is trained
+        model, optimizer, _ = self.load_model()
         feedback = self.feedback() if feedback is None else feedback
         train, test = self.datasets
         cfg = self.config.train
@@ -323,6 +372,13 @@ class Run:
     def _append_history(self, record: dict) -> None:
         history = [h for h in self.history() if h["round"] != record["round"]] + [record]
         write_json(self.directory / "history.json", history)
+
+
+@functools.lru_cache(maxsize=16)
+def _data_facts(dataset: str, image_size: int | None, channels: int | None, seed: int) -> tuple[tuple, tuple]:
+    """(classes, (C, H, W)) of a dataset as a run loads it; cached so a backend loads it once per process."""
+    train, _ = load_dataset(dataset, size=image_size, seed=seed, channels=channels)
+    return tuple(train.classes), tuple(train.image_shape)
 
 
 def with_overrides(config: RunConfig, **overrides) -> RunConfig:
