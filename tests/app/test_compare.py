@@ -78,3 +78,16 @@ def test_compare_needs_two_trained_runs(pair, tmp_path, capsys):
     Run.create(tmp_path / "fresh", RunConfig())
     assert main(["compare", str(run.directory), str(tmp_path / "fresh"), "--out", str(tmp_path / "x.png")]) == 2
     assert "has no trained round yet" in capsys.readouterr().err
+
+
+def test_compare_plots_a_run_whose_name_has_dollar_signs(pair, tmp_path, capsys):
+    """matplotlib read `$\\frac$` in a run's name as mathtext and `hitl compare` crashed drawing the plot."""
+    import shutil
+
+    run, twin = pair
+    odd = shutil.copytree(run.directory, tmp_path / r"run-$\frac$")
+    out = tmp_path / "odd.png"
+    assert main(["compare", str(odd), str(twin.directory), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(r"run-$\frac$ ")
+    with Image.open(out) as picture:
+        assert picture.width > 300

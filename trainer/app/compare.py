@@ -87,15 +87,21 @@ def format_table(scores: list[RunScores]) -> str:
     return "\n".join(rows)
 
 
+def as_text(label: str) -> str:
+    """``label`` shown as written in a plot: matplotlib reads text between two ``$`` as mathtext (a run named
+    ``run-$\\frac$`` would not parse), and ``\\$`` is its literal dollar sign."""
+    return label.replace("$", r"\$")
+
+
 def compare(directories: list[Path], out: Path) -> tuple[list[RunScores], Path]:
     """Score every run and draw the plot to ``out``."""
     if len(directories) < 2:
         raise ValueError(f"compare needs at least two runs, got {len(directories)}")
     scores = [score_run(Run.open(d)) for d in directories]
     title = "; ".join(headings(scores)) or "Runs side by side"
-    path = plots.plot_compare([s.name for s in scores], {label: [getattr(s, f) for s in scores]
-                                                         for label, f in SCORES.items()},
-                              [s.min_loss for s in scores], out, title=title)  # fmt: skip
+    values = {label: [getattr(s, f) for s in scores] for label, f in SCORES.items()}
+    path = plots.plot_compare([as_text(s.name) for s in scores], values, [s.min_loss for s in scores], out,
+                              title=title)  # fmt: skip
     return scores, path
 
 
