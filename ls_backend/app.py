@@ -1,6 +1,6 @@
 """The HTTP contract of label-studio-ml 2.x on Flask 3: same routes, same JSON, thin handlers.
 
-GET /health (and /)  {"status": "UP", "model_class", "model_version", "training": {...}}
+GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...}}
 POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
@@ -83,8 +83,9 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
     @app.get("/")
     @app.get("/health")
     def health():
+        # model_version: the one /predict serves; skipped_checkpoints: newer files that failed to load, and why
         return jsonify(status="UP", model_class=type(model).__name__, model_version=model.latest_version(),
-                       training=job.status())  # fmt: skip
+                       skipped_checkpoints=model.skipped(), training=job.status())  # fmt: skip
 
     @app.post("/setup")
     def setup():

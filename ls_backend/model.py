@@ -9,7 +9,9 @@ predicts is never the one being trained; predictions take a lock because captum 
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 from dataclasses import dataclass
 
@@ -36,13 +38,10 @@ from trainer.explain.overlay import overlay_image
 from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.loop import training_round
-from trainer.runs.checkpoint import (
-    checkpoint_round,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-)
+from trainer.runs.checkpoint import CheckpointError
 from trainer.runs.run import Run
+
+_log = logging.getLogger(__name__)
 
 
 class BackendError(Exception):
@@ -55,12 +54,12 @@ class BackendError(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One loaded checkpoint. ``stamp`` identifies the file version it came from."""
+    """One loaded checkpoint. ``stamp`` identifies the file version it came from (``_stamp``)."""
 
     model: nn.Module
     meta: dict
     grid: Grid
-    stamp: tuple[str, int]
+    stamp: tuple
     twin: DeepLiftTwin  # built once per checkpoint: /predict reuses it
 
     @property
@@ -78,6 +77,7 @@ class SaliencyModel:
         self.auth = (LabelStudioAuth(config.label_studio_url, config.api_key)
                      if config.label_studio_url and config.api_key else None)  # fmt: skip
         self._snapshot: Snapshot | None = None
+        self._refused: dict[str, tuple[tuple, str]] = {}  # file name -> (its stamp when it failed, why)
         self._load_lock = threading.Lock()
         self._predict_lock = threading.Lock()
         self.predicted_tasks = 0
@@ -86,31 +86,61 @@ class SaliencyModel:
 
     # ------------------------------------------------------------------ versions
     def latest_version(self) -> str | None:
-        """The model_version of the newest checkpoint, from its file name (cheap: nothing is loaded)."""
-        path = latest_checkpoint(self.run.checkpoint_dir)
-        return None if path is None else self.run.model_version(checkpoint_round(path))
+        """The model_version /predict serves (the newest checkpoint that loads; loaded now if none is yet), so
+        /health, /setup and /predict name the same one; None before any checkpoint loads."""
+        try:
+            return self.snapshot().model_version
+        except BackendError:
+            return None
 
     def versions(self) -> list[str]:
-        """Every checkpoint's model_version, oldest first."""
-        return [self.run.model_version(r) for r, _ in list_checkpoints(self.run.checkpoint_dir)]
+        """Every checkpoint's model_version, oldest first, less those that failed to load."""
+        return [self.run.model_version(r) for r, p in self.run.checkpoints() if not self._still_refused(p)]
+
+    def skipped(self) -> list[str]:
+        """Why each checkpoint newer than the served one is not served (files named relative to the run)."""
+        served = -1 if self._snapshot is None else int(self._snapshot.meta["round"])
+        return [self._refused[p.name][1] for r, p in self.run.checkpoints() if r >= served and self._still_refused(p)]
+
+    def _still_refused(self, path) -> bool:
+        entry = self._refused.get(path.name)
+        return entry is not None and entry[0] == _stamp(path)
 
     def snapshot(self) -> Snapshot:
-        """The loaded newest checkpoint, reloaded only when the newest file changed."""
-        path = latest_checkpoint(self.run.checkpoint_dir)
-        if path is None:
-            raise BackendError(f"no trained model yet: {self.run.checkpoint_dir} holds no checkpoint", 503)
-        stamp = (path.name, path.stat().st_mtime_ns)
+        """The newest checkpoint that loads, reloaded only when a checkpoint file changed. A file that fails to
+        load (truncated, a directory, a link out of the run, another run's meta) is skipped with a warning, once
+        per version of the file, and the model already served stays served."""
+        found = self.run.checkpoints()
         current = self._snapshot
-        if current is not None and current.stamp == stamp:
+        if current is not None and found and _stamp(found[-1][1]) == current.stamp:
             return current
         with self._load_lock:
-            if self._snapshot is None or self._snapshot.stamp != stamp:
-                model, meta = load_checkpoint(path)
-                model.to(self.config.device).eval()
-                size, ch = meta["image_size"], meta["in_channels"]
-                twin = DeepLiftTwin(model, torch.zeros(1, ch, size, size, device=self.config.device))
-                self._snapshot = Snapshot(model, meta, self._grid(meta), stamp, twin)
-            return self._snapshot
+            current = self._snapshot
+            for round_, path in reversed(found):
+                stamp = _stamp(path)
+                if current is not None and stamp == current.stamp:
+                    return current
+                if not self._still_refused(path):
+                    try:
+                        self._snapshot = self._load(round_, stamp)
+                        return self._snapshot
+                    except (CheckpointError, OSError) as exc:  # OSError: the file went away while being read
+                        _log.warning("not serving %s", exc)
+                        self._refused[path.name] = (stamp, str(exc))
+                if current is not None and round_ == int(current.meta["round"]):
+                    return current  # its file went bad: the copy in memory is still good (a deleted one: older)
+            if current is not None:
+                return current
+        if not found:
+            raise BackendError(f"no trained model yet: {self.run.checkpoint_dir} holds no checkpoint", 503)
+        raise BackendError("no checkpoint can be served: " + "; ".join(self.skipped()), 503)
+
+    def _load(self, round_: int, stamp) -> Snapshot:
+        model, meta = self.run.load_checkpoint(round_)  # verified: this run's file, meta and round
+        model.to(self.config.device).eval()
+        size, ch = meta["image_size"], meta["in_channels"]
+        twin = DeepLiftTwin(model, torch.zeros(1, ch, size, size, device=self.config.device))
+        return Snapshot(model, meta, self._grid(meta), stamp, twin)
 
     def _grid(self, meta: dict) -> Grid:
         size, grid = meta["image_size"], meta.get("grid")
@@ -207,6 +237,16 @@ class SaliencyModel:
         if self.config.label_studio_url and self.config.api_key and project_id is not None:
             client = connect(self.config.label_studio_url, self.config.api_key)
         return training_round(self.run, label_studio=client, project_id=project_id if client else None)
+
+
+def _stamp(path) -> tuple:
+    """What tells one version of a checkpoint file from the next (an atomic write makes a new inode); a
+    dangling link or a vanished file gets its own stamp rather than an error."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (os.fspath(path), None)
+    return (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _controls(label_config) -> ConfigControls:
