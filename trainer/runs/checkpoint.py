@@ -68,21 +68,24 @@ def read_checkpoint(path: str | Path, *, root: str | Path | None = None) -> dict
     if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint {name} does not exist")
     if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
-        raise CheckpointError(f"{name} links to {path.resolve()}, outside the run directory: a checkpoint must "
-                              "be this run's own file")  # fmt: skip
+        # the target is not named: errors reach /health and /predict, which show no path outside the run
+        raise CheckpointError(f"{name} links outside the run directory: a checkpoint must be this run's own file")
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            return _read_open(handle, name)
     except OSError as exc:  # a dangling link, a directory, no permission
         raise CheckpointError(f"{name} cannot be opened as a checkpoint file ({exc.strerror})") from exc
-    with handle:
-        # fstat on the open file: what is checked is what is read
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise CheckpointError(f"{name} is not a regular file")
-        try:
-            state = torch.load(handle, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-            raise CheckpointError(f"{name} is not a readable checkpoint (truncated or not a torch file: "
-                                  f"{type(exc).__name__}: {str(exc)[:200]})") from exc  # fmt: skip
+
+
+def _read_open(handle, name: str) -> dict:
+    # fstat on the open file: what is checked is what is read
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        raise CheckpointError(f"{name} is not a regular file")
+    try:
+        state = torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(f"{name} is not a readable checkpoint (truncated or not a torch file: "
+                              f"{type(exc).__name__}: {str(exc)[:200]})") from exc  # fmt: skip
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("meta"), dict):
         raise CheckpointError(f"{name} is not a checkpoint of this project (no 'model'/'meta' keys)")
     return state
