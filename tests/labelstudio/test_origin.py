@@ -12,7 +12,7 @@ import pytest
 from label_studio_sdk.core.api_error import ApiError
 
 from tests.labelstudio.test_auth import jwt
-from trainer.labelstudio.auth import AuthError
+from trainer.labelstudio.auth import AuthError, LabelStudioAuth
 from trainer.labelstudio.client import LABEL_STUDIO_ERRORS, connect, label_studio_http
 from trainer.labelstudio.origin import path_problem, scope_problem, token_problem
 from trainer.labelstudio.retry import RetryPolicy
@@ -53,6 +53,7 @@ class _LabelStudio(BaseHTTPRequestHandler):
     redirect_refresh_to: str | None = None
     redirect_get_to: str | None = None
     refuse_all = False
+    access_exp: object = None  # the exp of the access tokens it hands out; None: five minutes from now
     seen: list = []
     issued: list = []
 
@@ -73,7 +74,8 @@ class _LabelStudio(BaseHTTPRequestHandler):
             return self._answer(404)
         if self.redirect_refresh_to:
             return self._answer(307, headers={"Location": self.redirect_refresh_to + "/api/token/refresh/"})
-        access = jwt({"token_type": "access", "exp": time.time() + 300, "n": len(self.issued)})
+        exp = time.time() + 300 if self.access_exp is None else self.access_exp
+        access = jwt({"token_type": "access", "exp": exp, "n": len(self.issued)})
         self.issued.append(access)
         return self._answer(200, {"access": access})
 
@@ -160,3 +162,29 @@ def test_a_401_is_cured_by_one_refresh(serve):
     assert client.users.whoami().email == "a@example.org"
     ls.issued.clear()  # the server forgets its access tokens (a restart)
     assert client.users.whoami().email == "a@example.org" and len(ls.issued) == 1
+
+
+def test_concurrent_401s_share_one_refresh(serve):
+    root, ls = serve()
+    auth = LabelStudioAuth(root, PAT)
+    first = auth.headers()
+    ls.issued.clear()  # every request with the first token now meets a 401
+    answers = []
+
+    def request_again():
+        if auth.refused(first):
+            answers.append(httpx.get(root + "/api/current-user/whoami", headers=auth.headers()).status_code)
+
+    threads = [threading.Thread(target=request_again) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [200] * 8 and auth.refreshes == 2 and len(ls.issued) == 1
+
+
+@pytest.mark.parametrize("exp", ["soon", float("nan")])
+def test_an_access_token_with_an_unreadable_exp_counts_as_expired(serve, exp):
+    root, ls = serve(access_exp=exp)
+    auth = LabelStudioAuth(root, PAT)
+    assert auth.headers() != auth.headers() and auth.refreshes == 2  # never kept: refreshed each time it is needed
