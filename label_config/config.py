@@ -67,6 +67,8 @@ def check_classes(classes: Sequence[str]) -> list[str]:
             raise ValueError(f"class name must be a non-empty string, got {name!r}")
         if name != name.strip() or any(ord(ch) < 32 for ch in name):
             raise ValueError(f"class name {name!r} has surrounding whitespace or control characters")
+        if (bad := _unwritable(name)) is not None:
+            raise ValueError(f"class name {name!r} holds {bad}, which the labelling config's XML cannot carry")
         if "$" in name:
             # Label Studio substitutes $word in Choice values with task data.
             raise ValueError(f"class name {name!r} contains '$', which Label Studio reads as a data key")
@@ -75,6 +77,20 @@ def check_classes(classes: Sequence[str]) -> list[str]:
     if dupes:
         raise ValueError(f"duplicate class names: {dupes}")
     return classes
+
+
+def _unwritable(name: str) -> str | None:
+    """The first character of ``name`` that XML 1.0 cannot carry or Unicode reserves (lone surrogates, U+FFFE and
+    the other noncharacters, DEL and C1 controls), described; None when every character is fine."""
+    for ch in name:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return f"U+{code:04X} (a lone surrogate)"
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            return f"U+{code:04X} (a noncharacter)"
+        if 0x7F <= code <= 0x9F:
+            return f"U+{code:04X} (a control character)"
+    return None
 
 
 def display_size(grid: Grid, display_px: int) -> tuple[int, int, int]:

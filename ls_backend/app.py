@@ -20,6 +20,7 @@ from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from ls_backend.addresses import is_loopback_client
 from ls_backend.config import BackendConfig
 from ls_backend.jobs import ANNOTATION_EVENTS, TrainingJob
 from ls_backend.metrics import BackendMetrics
@@ -141,7 +142,8 @@ def _install_errors(app: Flask) -> None:
         return jsonify(error=f"{type(exc).__name__}: {exc}"), 500
 
 
-LOOPBACK = ("127.", "::1", "::ffff:127.")
+# A reverse proxy on this machine makes every client look local: a request it forwarded is not this machine's.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 JOB_STATE_FILE = "backend-job.json"  # the backend's training job, so a restart reports a round it cut off
 
 
@@ -151,8 +153,10 @@ def _install_auth(app: Flask, config: BackendConfig) -> None:
 
             @app.before_request
             def this_machine_only():
-                if not (request.remote_addr or "").startswith(LOOPBACK):
-                    return jsonify(error="this backend has no credentials, so it answers only on its own machine: "
+                proxied = [name for name in PROXY_HEADERS if name in request.headers]
+                if proxied or not is_loopback_client(request.remote_addr):
+                    why = f" (a request forwarded by a proxy: it carries {', '.join(proxied)})" if proxied else ""
+                    return jsonify(error=f"this backend has no credentials, so it answers only on its own machine{why}: "
                                    "set BASIC_AUTH_USER and BASIC_AUTH_PASS (and give Label Studio the same), or "
                                    "ALLOW_UNAUTHENTICATED=true on a trusted network"), 403  # fmt: skip
                 return None

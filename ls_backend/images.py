@@ -6,40 +6,37 @@ resolved against ``LABEL_STUDIO_URL`` and fetched with the key's ``Authorization
 (``trainer.labelstudio.auth``: ``Token <legacy key>``, or ``Bearer <access token>`` for a personal access token).
 The key is sent to Label Studio only, never to another host. Every failure is an ``ImageError`` naming the URL.
 
+The key goes only where ``trainer.labelstudio.origin`` allows (Label Studio's scheme, host, port and path prefix,
+no dot segments), and never after a redirect.
+
 A host other than Label Studio's must be named in ``IMAGE_HOSTS`` and is then checked again after DNS: every
-address its name resolves to must be public (not loopback, private, link-local, shared, reserved or multicast)
-unless it lies in one of the operator's ``IMAGE_NETWORKS``, and the connection goes to the address that was
-checked, inside the connection itself, so a name that resolves again to another address (DNS rebinding) gains
-nothing.
+address its name resolves to, and every IPv4 address such an IPv6 one embeds, must be public (not loopback,
+private, link-local, shared, reserved or multicast) unless it lies in one of the operator's ``IMAGE_NETWORKS``;
+the connection goes to the address that was checked (``ls_backend.transport``), never through an environment
+proxy, and the whole fetch has one deadline.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import io
 import ipaddress
-import socket
-import time
 from urllib.parse import unquote_to_bytes, urljoin
 
 import requests
 import urllib3
 from PIL import Image
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    LocationParseError,
-    NewConnectionError,
-)
-from urllib3.util import Url, parse_url
-from urllib3.util.connection import create_connection
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
+from ls_backend.addresses import internal_kind
+from ls_backend.transport import Deadline, InternalAddress, fetch_session
 from trainer.data.view import BadImageError, decode_image
 from trainer.labelstudio.auth import AuthError, LabelStudioAuth
+from trainer.labelstudio.origin import path_problem, scope_problem
+
+_kind = internal_kind  # the name the backend's tests know
 
 
 class ImageError(ValueError):
@@ -58,9 +55,10 @@ def resolve_url(url: str, label_studio_url: str | None) -> tuple[str, bool]:
     """``(absolute URL, whether it is Label Studio's)``; raises ImageError for what cannot be fetched.
 
     Whether a URL is Label Studio's (and so gets the API key) is decided on the final, joined URL, parsed by the
-    parser that sends it (urllib3's): same scheme, host and port as ``LABEL_STUDIO_URL`` and under its path. A
-    relative URL is appended to that base, never ``urljoin``-ed (``/http://host/x`` stays on Label Studio).
-    Backslashes, whitespace and control characters are refused: parsers disagree on them.
+    parser that sends it (urllib3's): same scheme, host and port as ``LABEL_STUDIO_URL`` and under its path
+    (``trainer.labelstudio.origin``). A relative URL is appended to that base, never ``urljoin``-ed
+    (``/http://host/x`` stays on Label Studio). Backslashes, whitespace and control characters are refused: parsers
+    disagree on them; so is a Label Studio URL whose path a proxy could decode into another (``/ls/%2e%2e/x``).
     """
     if not isinstance(url, str) or not url.strip():
         raise ImageError(f"image URL must be a non-empty string, got {url!r}", 400)
@@ -84,16 +82,16 @@ def resolve_url(url: str, label_studio_url: str | None) -> tuple[str, bool]:
             "use a Label Studio upload or local-files URL, http(s) or a data URI",
             422,
         )
-    return url, bool(label_studio_url) and _is_label_studios(parsed, parse_url(label_studio_url))
-
-
-def _is_label_studios(target: Url, base: Url) -> bool:
-    def origin(u: Url) -> tuple:
-        scheme = (u.scheme or "").lower()
-        return scheme, (u.host or "").lower(), u.port or {"http": 80, "https": 443}.get(scheme)
-
-    prefix = (base.path or "/").rstrip("/") + "/"
-    return origin(target) == origin(base) and ((target.path or "/") + "/").startswith(prefix)
+    if not label_studio_url:
+        return url, False
+    parts = (parsed.scheme or "", parsed.host or "", parsed.port, parsed.path or "/")
+    if scope_problem(*parts, label_studio_url) is not None:
+        return url, False
+    problem = path_problem(parts[3])
+    if problem:
+        raise ImageError(f"image URL {_short(url)!r} is on Label Studio, but {problem}: refused, since a proxy may "
+                         "decode it into another path", 400)  # fmt: skip
+    return url, True
 
 
 MAX_REDIRECTS = 3
@@ -124,10 +122,21 @@ def fetch_image_bytes(
     """
     if isinstance(url, str) and url.startswith("data:"):
         return _data_uri_bytes(url, max_bytes)
-    deadline = time.monotonic() + timeout
     allowed = {h.lower() for h in image_hosts}
-    pinned = pinned_session(tuple(ipaddress.ip_network(n) for n in image_networks))
     auth = auth or _one_off_auth(label_studio_url, api_key)
+    with Deadline(timeout) as deadline, fetch_session(check=False) as direct, \
+            fetch_session(tuple(ipaddress.ip_network(n) for n in image_networks)) as pinned:  # fmt: skip
+        try:
+            return _fetch(url, label_studio_url, auth, allowed, max_bytes, deadline, session or direct, pinned)
+        except ImageError:
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            late = ": it took longer than the timeout" if deadline.passed else ""
+            raise ImageError(f"cannot fetch image {_short(url)!r}{late}", 502) from exc
+
+
+def _fetch(url: str, label_studio_url: str | None, auth: LabelStudioAuth | None, allowed: set[str], max_bytes: int,
+           deadline: Deadline, direct: requests.Session, pinned: requests.Session) -> bytes:  # fmt: skip
     current, retried = url, False
     hops = 0
     while hops <= MAX_REDIRECTS:
@@ -137,8 +146,8 @@ def fetch_image_bytes(
             raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which is neither Label Studio's nor "
                              "in IMAGE_HOSTS", 422)  # fmt: skip
         headers = _auth_headers(auth, url) if ours and auth else {}
-        left = deadline - time.monotonic()
-        http = (session or requests) if ours else pinned
+        left = deadline.left()
+        http = direct if ours else pinned
         try:
             with http.get(absolute, headers=headers, timeout=(max(0.1, left), max(0.1, left)), stream=True,
                           allow_redirects=False) as resp:  # fmt: skip
@@ -146,103 +155,17 @@ def fetch_image_bytes(
                     current = urljoin(absolute, resp.headers.get("location", ""))
                     hops += 1
                     continue
-                if resp.status_code == 401 and ours and auth and auth.refreshable and not retried:
-                    auth.expire()  # the cached access token died early (a server restart, a revoked session)
-                    retried = True
+                if resp.status_code == 401 and ours and auth and not retried and auth.refused(headers):
+                    retried = True  # the cached access token died early (a server restart): once per token
                     continue
                 if resp.status_code != 200:
                     hint = " (check LABEL_STUDIO_API_KEY)" if ours and resp.status_code in (401, 403) else ""
                     raise ImageError(f"fetching image {_short(url)!r} gave HTTP {resp.status_code}{hint}", 502)
                 return _read(resp, url, max_bytes, deadline)
-        except _InternalAddress as exc:
+        except InternalAddress as exc:
             raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which resolves to {exc.address}, "
                              f"{exc.kind} address: allow its network in IMAGE_NETWORKS to fetch from it", 422) from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ImageError(f"cannot fetch image {_short(url)!r}", 502) from exc
     raise ImageError(f"image URL {_short(url)!r} redirects more than {MAX_REDIRECTS} times", 502)
-
-
-class _InternalAddress(Exception):
-    """Raised inside a connection: the host resolved to an address that is not public nor allowed."""
-
-    def __init__(self, address: str, kind: str) -> None:
-        super().__init__(address)
-        self.address, self.kind = address, kind
-
-
-def _kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """What makes an address internal ('a loopback', ...), or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for kind, flag in (("a loopback", address.is_loopback), ("a link-local", address.is_link_local),
-                       ("a multicast", address.is_multicast), ("an unspecified", address.is_unspecified)):
-        if flag:
-            return kind
-    return None if address.is_global else "a private or reserved"
-
-
-def checked_addresses(host: str, port: int, networks: tuple) -> list[str]:
-    """The addresses ``host`` resolves to, once every one of them is public or in ``networks``."""
-    addresses = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)))
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone id is not part of the address
-        kind = _kind(address)
-        if kind is not None and not any(address in network for network in networks):
-            raise _InternalAddress(text, kind)
-    return addresses
-
-
-class _PinnedConnection(HTTPConnection):
-    """Resolves, checks and connects to the checked address in one place; TLS still names the host."""
-
-    networks: tuple = ()
-
-    def _new_conn(self) -> socket.socket:
-        try:
-            addresses = checked_addresses(self._dns_host, self.port, self.networks)
-            for i, address in enumerate(addresses):  # in resolver order, as create_connection would
-                try:
-                    return create_connection((address, self.port), self.timeout, source_address=self.source_address,
-                                             socket_options=self.socket_options)  # fmt: skip
-                except OSError:
-                    if i == len(addresses) - 1:
-                        raise
-            raise OSError(f"{self.host} resolves to no address")
-        except socket.timeout as exc:
-            raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
-        except OSError as exc:  # name resolution included: every failure to connect reads alike
-            raise NewConnectionError(self, f"failed to establish a new connection: {exc}") from exc
-
-
-class _PinnedSecureConnection(_PinnedConnection, HTTPSConnection):
-    pass
-
-
-@functools.lru_cache(maxsize=16)
-def _pool_classes(networks: tuple) -> dict[str, type]:
-    plain = type("Connection", (_PinnedConnection,), {"networks": networks})
-    secure = type("SecureConnection", (_PinnedSecureConnection,), {"networks": networks})
-    return {"http": type("Pool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
-            "https": type("SecurePool", (HTTPSConnectionPool,), {"ConnectionCls": secure})}  # fmt: skip
-
-
-class _PinnedAdapter(HTTPAdapter):
-    def __init__(self, networks: tuple) -> None:
-        self.networks = networks
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.networks)
-
-
-def pinned_session(networks: tuple = ()) -> requests.Session:
-    """A session whose connections go only to public addresses, or to those in ``networks`` (ip_network objects)."""
-    session = requests.Session()
-    adapter = _PinnedAdapter(networks)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 def _one_off_auth(label_studio_url: str | None, api_key: str | None) -> LabelStudioAuth | None:
@@ -261,7 +184,7 @@ def _auth_headers(auth: LabelStudioAuth, url: str) -> dict[str, str]:
         raise ImageError(f"fetching image {_short(url)!r}: {exc}", 502) from None
 
 
-def _read(resp: requests.Response, url: str, max_bytes: int, deadline: float) -> bytes:
+def _read(resp: requests.Response, url: str, max_bytes: int, deadline: Deadline) -> bytes:
     """The body, up to ``max_bytes``, before ``deadline``: ``read1`` returns whatever has arrived, so a server
     that drips a byte at a time is cut off at the deadline, not waited for."""
     chunks, size = [], 0
@@ -269,9 +192,11 @@ def _read(resp: requests.Response, url: str, max_bytes: int, deadline: float) ->
         size += len(chunk)
         if size > max_bytes:
             raise ImageError(f"image {_short(url)!r} is larger than {max_bytes} bytes", 413)
-        if time.monotonic() > deadline:
-            raise ImageError(f"cannot fetch image {_short(url)!r}: it took longer than the deadline", 502)
+        if deadline.passed or deadline.left() < 0:
+            raise ImageError(f"cannot fetch image {_short(url)!r}: it took longer than the timeout", 502)
         chunks.append(chunk)
+    if deadline.passed:  # the cut socket read as the end of a body without Content-Length: not the whole image
+        raise ImageError(f"cannot fetch image {_short(url)!r}: it took longer than the timeout", 502)
     return b"".join(chunks)
 
 

@@ -23,6 +23,7 @@ from ls_backend.model import SaliencyModel
 
 # /predict on a CPU runs from tens of ms (a small CNN) to seconds (ResNet-18 at 224 px, DeepLIFT, 8 tasks).
 PREDICT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"  # the one OpenMetrics version written here
 
 
 class BackendMetrics:
@@ -37,10 +38,24 @@ class BackendMetrics:
         self.registry.register(_RunCollector(model, job))
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
-        """(body, content type) of a scrape: OpenMetrics when the scraper's ``Accept`` asks for it, else
+        """(body, content type) of a scrape: OpenMetrics 1.0.0 when the scraper's ``Accept`` asks for it, else
         Prometheus' plain text format."""
-        encode, content_type = choose_encoder(accept or "")
+        encode, content_type = choose_encoder(OPENMETRICS if wants_openmetrics(accept or "") else "")
         return encode(self.registry), content_type
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether ``accept`` lists OpenMetrics without a version or at 1.0.0. Any other version gets the plain text
+    format: prometheus_client raises on ``version=x`` (a 500) and labels other versions it does not write."""
+    for media_range in accept.split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        if kind.lower() != "application/openmetrics-text":
+            continue
+        versions = [value.strip().strip('"') for key, _, value in (p.partition("=") for p in params)
+                    if key.strip().lower() == "version"]  # fmt: skip
+        if not versions or versions[0] == "1.0.0":
+            return True
+    return False
 
 
 class _RunCollector:

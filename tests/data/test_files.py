@@ -384,3 +384,34 @@ def test_a_written_folder_reads_back_with_its_true_masks(tmp_path, name):
 
 def test_folder_without_mask_files_has_no_true_masks(folder_tree):
     assert FolderDataset(folder_tree, size=SIZE).decoy_masks is None
+
+
+# ---------------------------------------------------------------- files the model view cannot take, rows that leave
+def test_a_lab_tiff_in_a_grey_dataset_is_refused_when_the_dataset_is_built(tmp_path):
+    """PIL converts LAB to RGB (which the check tried) but not to L (which a grey dataset does mid-epoch)."""
+    for i in range(2):
+        _image(tmp_path / "a" / f"{i}.png", 10 + i, mode="L")
+    lab = tmp_path / "a" / "lab.tif"
+    Image.new("LAB", (14, 10)).save(lab)
+    with pytest.raises(BadImageError, match=r"lab\.tif.*image mode LAB cannot be converted to L"):
+        FolderDataset(tmp_path, size=SIZE, channels=1)
+    ds = FolderDataset(tmp_path, size=SIZE, channels=1, on_error="skip")
+    assert [p for p, _ in ds.skipped] == [lab] and len(ds) == 2
+    assert sum(1 for _ in DataLoader(ds, batch_size=2)) == 1  # the epoch runs to its end
+    assert len(FolderDataset(tmp_path, size=SIZE, channels=3)) == 3  # shown as RGB it is usable
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "imgs/../../outside.png", "/etc/outside.png"])
+def test_csv_image_paths_outside_the_images_folder_are_refused(tmp_path, name):
+    csv = _generic(tmp_path / "d")
+    _image(tmp_path / "outside.png", 9)
+    csv.write_text(csv.read_text() + f"{name},cat\n")
+    with pytest.raises(ValueError, match=rf"labels\.csv:6: image path '{name}' leaves the images folder"):
+        CsvDataset(csv, size=SIZE)
+
+
+def test_official_csv_ids_cannot_leave_the_images_folder(tmp_path):
+    csv = _aptos(tmp_path)
+    csv.write_text(csv.read_text() + "../../x,0\n")
+    with pytest.raises(ValueError, match=r"train\.csv:8: image path '\.\./\.\./x' leaves the images folder"):
+        CsvDataset(csv, size=SIZE)

@@ -115,3 +115,17 @@ def test_a_forged_personal_access_token_is_refused_by_label_studio(label_studio)
     with pytest.raises(AuthError, match=r"refused the personal access token .*HTTP 401") as err:
         auth.headers()
     assert forged not in str(err.value)
+
+
+# ---------------------------------------------------------------- unreadable payloads and exp
+def test_a_deeply_nested_payload_is_a_clear_error_not_a_recursion_error():
+    with pytest.raises(AuthError, match="payload is not base64url JSON"):
+        token_kind(jwt(b"[" * 100_000 + b"]" * 100_000))
+
+
+@pytest.mark.parametrize("exp", ["soon", float("nan"), float("inf"), True, [1]])
+def test_an_exp_that_is_not_a_finite_number_is_refused_at_start(exp):
+    token = jwt(json.dumps({"token_type": "refresh", "exp": exp}).encode())  # json.dumps writes NaN, as a forger can
+    with pytest.raises(AuthError, match="'exp' is .* not a finite number"):
+        LabelStudioAuth("http://ls:8080", token)
+

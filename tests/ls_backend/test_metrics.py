@@ -75,3 +75,17 @@ def test_metrics_show_a_running_round_and_the_queue(run, monkeypatch):
     idle = scrape(client)
     assert (idle["hitl_training_running"], idle["hitl_training_queue_depth"]) == (0, 0)
     assert idle["hitl_backend_training_rounds_total"] == 2
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    ("application/openmetrics-text; version=x", False), ("application/openmetrics-text; version=1.x", False),
+    ("application/openmetrics-text; version=9.9.9", False), ("text/plain; version=x", False), (";;;,", False),
+    ("application/openmetrics-text", True), ("application/openmetrics-text; version=1.0.0", True),
+    ("text/plain, application/openmetrics-text; version=\"1.0.0\"; q=0.5", True),
+])  # fmt: skip
+def test_an_unknown_openmetrics_version_gets_plain_text_not_a_500(run, accept, openmetrics):
+    _, client = make_client(run)
+    resp = client.get("/metrics", headers={"Accept": accept})
+    assert resp.status_code == 200
+    assert resp.content_type.startswith("application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4")
+    assert resp.get_data().endswith(b"# EOF\n") is openmetrics

@@ -87,7 +87,7 @@ class FileDataset(Dataset):
             self._keep(paths, labels, problems, on_error)
             self._cache = [v for v in views if v is not None]
         else:
-            problems = [(p, why) for p in paths if (why := check_image(p)) is not None]
+            problems = [(p, why) for p in paths if (why := check_image(p, channels)) is not None]
             self._keep(paths, labels, problems, on_error)
         if not self.paths:
             first = f" (first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
@@ -308,7 +308,7 @@ def _parse_isic(csv_path, header, rows, images_dir):
         mel, sk = (_binary(csv_path, line, row, c) for c in ("melanoma", "seborrheic_keratosis"))
         if mel and sk:
             raise ValueError(f"{csv_path}:{line}: image {row['image_id']} is both melanoma and seborrheic_keratosis")
-        paths.append(_find(folder, row["image_id"].strip(), ".jpg"))
+        paths.append(_find(folder, _inside(csv_path, line, row["image_id"].strip()), ".jpg"))
         labels.append(0 if mel else 1 if sk else 2)
     return paths, labels, list(ISIC_CLASSES)
 
@@ -332,7 +332,7 @@ def _parse_aptos(csv_path, header, rows, images_dir):
         label = _int_or_none(row["diagnosis"])
         if label is None or not 0 <= label < len(APTOS_CLASSES):
             raise ValueError(f"{csv_path}:{line}: unknown diagnosis {row['diagnosis']!r} (expected 0..4)")
-        paths.append(_find(folder, row["id_code"].strip(), ".png"))
+        paths.append(_find(folder, _inside(csv_path, line, row["id_code"].strip()), ".png"))
         labels.append(label)
     return paths, labels, list(APTOS_CLASSES)
 
@@ -354,8 +354,18 @@ def _parse_generic(csv_path, header, rows, images_dir, path_col, label_col, clas
         if not as_index and name not in index:
             raise ValueError(f"{csv_path}:{line}: unknown label {name!r}; classes are {classes}")
         labels.append(i if as_index else index[name])
-    paths = [base / (row[path_col] or "").strip() for _, row in rows]
+    paths = [base / _inside(csv_path, line, (row[path_col] or "").strip()) for line, row in rows]
     return paths, labels, classes
+
+
+def _inside(csv_path: Path, line: int, name: str) -> str:
+    """``name`` from a CSV row, refused when it is absolute or climbs out with ``..``: a label CSV names files in
+    its images folder (the CSV's own, or ``images_dir``), so a shared CSV cannot point the run at other files."""
+    path = Path(name)
+    if path.is_absolute() or path.anchor or ".." in path.parts:
+        raise ValueError(f"{csv_path}:{line}: image path {name!r} leaves the images folder: name files relative "
+                         "to it (or pass images_dir= for another folder)")  # fmt: skip
+    return name
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -85,13 +85,13 @@ def _decode(opener: Callable[[], Image.Image], source: Path) -> Image.Image:
         raise BadImageError([(source, f"cannot decode: {exc}")]) from exc
 
 
-def check_image(path: Path) -> str | None:
+def check_image(path: Path, channels: int = 3) -> str | None:
     """Why ``path`` is not a usable image (missing, truncated, corrupt, a bomb, a mode that cannot be shown to
-    the model), or None. Decodes the whole file, once, so nothing fails mid-epoch."""
+    a model of ``channels`` channels), or None. Decodes the whole file, once, so nothing fails mid-epoch."""
     if not path.is_file():
         return "missing file"
     try:
-        view_array(load_image(path), 1, 3)
+        view_array(load_image(path), 1, channels)  # the conversion the dataset will make: LAB goes to RGB, not L
     except BadImageError as exc:
         return exc.problems[0][1]
     except ValueError as exc:

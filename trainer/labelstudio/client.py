@@ -22,13 +22,16 @@ from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from label_config.names import SAMPLE_ID_KEY
+from trainer.labelstudio.auth import AuthError, LabelStudioAuth, TokenAuth
 from trainer.labelstudio.retry import RetryPolicy, RetryTransport
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 STORAGE_TITLE = "hitl-images"
 TITLE_LENGTH = (3, 50)  # Label Studio's PROJECT_TITLE_MIN_LEN / _MAX_LEN
-# What SDK calls raise when the server is down, slow or refuses (401, a deleted project): to report, not crash.
-LABEL_STUDIO_ERRORS = (httpx.HTTPError, ApiError, OSError)
+# What SDK calls raise when the server is down, slow or refuses (401, a deleted project, a redirect): to report.
+LABEL_STUDIO_ERRORS = (httpx.HTTPError, ApiError, OSError, AuthError)
+# What the SDK is given as its key: not a JWT, so it never exchanges one itself; TokenAuth sets the real header.
+SDK_KEY_PLACEHOLDER = "set-per-request-by-trainer-labelstudio-auth"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ def connect(url: str | None = None, api_key: str | None = None, *, timeout: floa
             retry: RetryPolicy = RetryPolicy()) -> LabelStudio:
     """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``.
     Every call is retried by ``retry`` (``trainer.labelstudio.retry``), never by the SDK.
-    The key may be a legacy token or a personal access token: the SDK itself exchanges a PAT for access tokens
-    (``label_studio_sdk.tokens.client_ext``) and renews them when they expire."""
+    The key may be a legacy token or a personal access token; ``label_studio_http`` carries it, not the SDK."""
     url = url or os.environ.get("LABEL_STUDIO_URL")
     api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     missing = [name for name, value in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not value]
@@ -64,8 +66,21 @@ def connect(url: str | None = None, api_key: str | None = None, *, timeout: floa
             f"Label Studio connection is not configured: set {' and '.join(missing)} "
             f"(or pass url= / api_key=); the key is a personal access token or the legacy token (Account & Settings)"
         )
-    http = httpx.Client(timeout=timeout, follow_redirects=True, transport=RetryTransport(url, retry))
-    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout, httpx_client=http, max_retries=0)
+    http = label_studio_http(url, api_key, timeout=timeout, retry=retry)
+    return LabelStudio(base_url=url.rstrip("/"), api_key=SDK_KEY_PLACEHOLDER, timeout=timeout, httpx_client=http,
+                       max_retries=0)  # fmt: skip
+
+
+def label_studio_http(url: str, api_key: str, *, timeout: float = 60.0,
+                      retry: RetryPolicy = RetryPolicy()) -> httpx.Client:  # fmt: skip
+    """The httpx client under the SDK: ``api_key``'s header (a PAT exchanged at ``<url>/api/token/refresh/``,
+    path prefix kept) on requests to ``url``'s origin and path only, no redirect followed, every call retried.
+
+    The SDK's own exchange would post a PAT to the host's root and follow a 307 with it, so it is never used."""
+    refresher = httpx.Client(timeout=timeout, follow_redirects=False, transport=RetryTransport(url, retry))
+    auth = LabelStudioAuth(url, api_key, timeout=timeout, session=refresher)
+    return httpx.Client(timeout=timeout, follow_redirects=False, auth=TokenAuth(auth),
+                        transport=RetryTransport(url, retry))  # fmt: skip
 
 
 def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
