@@ -91,8 +91,8 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
     @app.post("/setup")
     def setup():
         data = _json_body()
-        _project_id(data.get("project"))
-        return jsonify(model_version=model.setup(data.get("schema")))
+        project_id = _project_id(data.get("project"))
+        return jsonify(model_version=model.setup(data.get("schema"), project_id))
 
     @app.post("/predict")
     def predict():
@@ -101,7 +101,8 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
             tasks = data.get("tasks")
             if not isinstance(tasks, list) or not tasks:
                 raise BackendError("'tasks' must be a non-empty list of tasks", 400)
-            return jsonify(results=model.predict(tasks, data.get("label_config")))
+            project_id = _project_id(data.get("project"))
+            return jsonify(results=model.predict(tasks, data.get("label_config"), project_id))
 
     @app.post("/webhook")
     def webhook():

@@ -29,7 +29,9 @@ from ls_backend.overlays import (
     PendingOverlay,
     lacks_overlay,
     overlay_key,
+    overlay_png,
 )
+from ls_backend.projects import ServedProjects, label_studio_id
 from trainer.core.models import autocast
 from trainer.data.view import model_view
 from trainer.explain.batch import explain_batch
@@ -82,7 +84,9 @@ class SaliencyModel:
         self._predict_lock = threading.Lock()
         self.predicted_tasks = 0
         # The SDK client refreshes a personal access token itself.
-        self.overlays = OverlayWriter(lambda: connect(config.label_studio_url, config.api_key))
+        self.overlays = OverlayWriter(lambda: connect(config.label_studio_url, config.api_key),
+                                      max_items=config.overlay_queue, max_bytes=config.overlay_queue_bytes)
+        self.projects = ServedProjects(self.run)
 
     # ------------------------------------------------------------------ versions
     def latest_version(self) -> str | None:
@@ -147,30 +151,44 @@ class SaliencyModel:
         return Grid(size, size, grid["rows"], grid["cols"]) if grid else self.run.grid
 
     # ------------------------------------------------------------------ the three verbs
-    def setup(self, label_config: str | None) -> str | None:
-        """Check that the project's config has a control to mark cells with; the current model_version."""
+    def setup(self, label_config: str | None, project_id: int | None = None) -> str | None:
+        """Check that the project's config has a control to mark cells with, and keep it as the config of the
+        project this backend now serves; the current model_version."""
         if label_config is not None:
             _controls(label_config)
+            self.projects.remember(project_id, label_config)
         return self.latest_version()
 
-    def predict(self, tasks: list[dict], label_config: str) -> list[dict]:
-        """One prediction per task: top-k salient cells as regions of the config's own control."""
+    def serves(self, project_id) -> bool:
+        """Whether ``project_id`` is a project this backend serves: connected through /setup, or the run's own."""
+        return self.projects.serves(project_id)
+
+    def predict(self, tasks: list[dict], label_config: str, project_id: int | None = None) -> list[dict]:
+        """One prediction per task: top-k salient cells as regions of the config's own control. Tasks are decoded
+        and explained ``predict_batch`` at a time; overlays go only into tasks of ``project_id`` when it is served."""
+        if len(tasks) > self.config.max_predict_tasks:
+            raise BackendError(f"{len(tasks)} tasks in one /predict, over this backend's cap of "
+                               f"{self.config.max_predict_tasks} (MAX_PREDICT_TASKS): select fewer tasks", 413)  # fmt: skip
         controls = _controls(label_config)
-        region = controls.region
-        try:
-            key = controls.data_key(region.to_name)
-        except ValueError as exc:
-            raise BackendError(f"label config unusable: {exc}", 422) from exc
-        if region.to_name in controls.list_objects:
-            raise BackendError(f"label config unusable: the image {region.to_name!r} reads a list of images "
-                               "(valueList); the backend explains one image per task (value='$<key>')", 422)  # fmt: skip
+        key = _image_key(controls)
+        for task in tasks:  # a malformed task is refused before any work is done
+            _check_task(task, key)
         snap = self.snapshot()
-        images = torch.stack([self._view(task, key, snap.meta) for task in tasks])
-        with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
-            found = explain_batch(
-                snap.model, images, snap.grid, method=self.run.config.saliency, top_k=self.run.config.top_k,
-                twin=snap.twin,
-            )
+        overlay = self._overlay_target(project_id)
+        out: list[dict] = []
+        for start in range(0, len(tasks), self.config.predict_batch):
+            chunk = tasks[start:start + self.config.predict_batch]
+            images = torch.stack([self._view(task, key, snap.meta) for task in chunk])  # (B, C, H, W)
+            with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
+                found = explain_batch(snap.model, images, snap.grid, method=self.run.config.saliency,
+                                      top_k=self.run.config.top_k, twin=snap.twin)  # fmt: skip
+            out.extend(self._results(chunk, found, controls.region, snap))
+            if overlay is not None:
+                self._attach_overlays(chunk, images, found, overlay, snap)
+        self.predicted_tasks += len(out)
+        return out
+
+    def _results(self, tasks: list[dict], found, region, snap: Snapshot) -> list[dict]:
         classes = snap.meta["classes"]
         out = []
         for i, cells in enumerate(found.top):
@@ -188,35 +206,39 @@ class SaliencyModel:
                 "result": result, "score": p, "model_version": snap.model_version,
                 PREDICTION_KEY: classes[k], PROBABILITY_KEY: p,
             })  # fmt: skip
-        self.predicted_tasks += len(out)
-        self._attach_overlays(tasks, images, found, controls, snap)
         return out
 
-    def _attach_overlays(self, tasks: list[dict], images: torch.Tensor, found, controls, snap: Snapshot) -> None:
-        """Queue the overlay just computed for each task that came without one (``ls_backend.overlays``)."""
+    def _overlay_target(self, project_id) -> tuple[int, str | None] | None:
+        """(project, overlay key) to write overlays under, or None: no Label Studio, a project this backend does
+        not serve, or a stored config without an optional overlay. The key comes from the config /setup stored;
+        None there means the writer reads the project's config from Label Studio (a linked project never set up)."""
+        if self.auth is None or not self.serves(project_id):
+            return None
+        controls = self.projects.controls(project_id)
+        if controls is None:
+            return project_id, None
         key = overlay_key(controls)
-        if key is None or self.auth is None:
-            return
+        return None if key is None else (project_id, key)
+
+    def _attach_overlays(self, tasks: list[dict], images: torch.Tensor, found, target: tuple[int, str | None],
+                         snap: Snapshot) -> None:  # fmt: skip
+        """Queue the overlay just computed for each task that came without one (``ls_backend.overlays``)."""
+        project_id, key = target
         px = display_px(snap.grid)
         for i, task in enumerate(tasks):
-            if lacks_overlay(task, key) and isinstance(task.get("id"), int):
-                k = int(found.predicted[i])
-                self.overlays.submit(PendingOverlay(
-                    task["id"], key, overlay_image(images[i], found.saliency[i], display_px=px),
-                    model_version=snap.model_version, prediction=snap.meta["classes"][k],
-                    probability=float(found.probs[i, k]),
-                ))  # fmt: skip
+            task_id = label_studio_id(task.get("id"))
+            if task_id is None or (key is not None and not lacks_overlay(task, key)):
+                continue
+            k = int(found.predicted[i])
+            self.overlays.submit(PendingOverlay(
+                task_id, project_id, key, overlay_png(overlay_image(images[i], found.saliency[i], display_px=px)),
+                model_version=snap.model_version, prediction=snap.meta["classes"][k],
+                probability=float(found.probs[i, k]),
+            ))  # fmt: skip
 
-    def _view(self, task, key: str, meta: dict) -> torch.Tensor:
+    def _view(self, task: dict, key: str, meta: dict) -> torch.Tensor:
         """(C, H, W) in [0, 1]: the task's image through the same view training used."""
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise BackendError(f"each task needs a 'data' object, got {str(task)[:80]!r}", 400)
         tid = task.get("id", "?")
-        if key not in task["data"]:
-            raise BackendError(
-                f"task {tid} has no data key {key!r} (the config's image reads ${key}); "
-                f"keys: {sorted(task['data'])}", 400,
-            )  # fmt: skip
         try:
             image = load_task_image(
                 task["data"][key], label_studio_url=self.config.label_studio_url, auth=self.auth,
@@ -247,6 +269,29 @@ def _stamp(path) -> tuple:
     except OSError:
         return (os.fspath(path), None)
     return (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _image_key(controls: ConfigControls) -> str:
+    """The data key of the image the config's region control marks."""
+    region = controls.region
+    try:
+        key = controls.data_key(region.to_name)
+    except ValueError as exc:
+        raise BackendError(f"label config unusable: {exc}", 422) from exc
+    if region.to_name in controls.list_objects:
+        raise BackendError(f"label config unusable: the image {region.to_name!r} reads a list of images "
+                           "(valueList); the backend explains one image per task (value='$<key>')", 422)  # fmt: skip
+    return key
+
+
+def _check_task(task, key: str) -> None:
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        raise BackendError(f"each task needs a 'data' object, got {str(task)[:80]!r}", 400)
+    if key not in task["data"]:
+        raise BackendError(
+            f"task {task.get('id', '?')} has no data key {key!r} (the config's image reads ${key}); "
+            f"keys: {sorted(task['data'])}", 400,
+        )  # fmt: skip
 
 
 def _controls(label_config) -> ConfigControls:

@@ -12,7 +12,7 @@ from label_config.config import build_config
 from label_config.controls import check_config
 from label_config.grid import Grid
 from label_config.names import SALIENCY_KEY
-from ls_backend.overlays import OverlayWriter, PendingOverlay, lacks_overlay, overlay_key
+from ls_backend.overlays import OverlayWriter, PendingOverlay, lacks_overlay, overlay_key, overlay_png
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.retry import RetryPolicy
 
@@ -48,6 +48,6 @@ def test_the_overlay_writer_lives_on_when_label_studio_cannot_be_reached():
         port = s.getsockname()[1]
     writer = OverlayWriter(lambda: connect(f"http://127.0.0.1:{port}", "token", retry=RetryPolicy(tries=2, base_s=0.05)))
     for task_id in (1, 2):
-        writer.submit(PendingOverlay(task_id, SALIENCY_KEY, Image.new("RGB", (8, 8)), "m-1", "a", 0.9))
+        writer.submit(PendingOverlay(task_id, 1, SALIENCY_KEY, overlay_png(Image.new("RGB", (8, 8))), "m-1", "a", 0.9))
     assert writer.wait(30), "the writer stopped handling overlays"
     assert (writer.failed, writer.attached) == (2, 0)
