@@ -82,8 +82,8 @@ def fake_ls():
     server.server_close()
 
 
-def backend(run, url: str):
-    app, client = make_client(run, label_studio_url=url, api_key=TOKEN)
+def backend(run, url: str, key: str = TOKEN):
+    app, client = make_client(run, label_studio_url=url, api_key=key)
     return client, app.extensions["hitl"]["model"]
 
 
@@ -196,3 +196,23 @@ def test_the_queue_is_bounded_in_count_and_bytes_and_counts_drops(fake_ls):
         ls.gate.clear()
         for t in range(1, 4):
             ls.tasks[t]["data"].pop(SALIENCY_KEY)
+
+
+@pytest.mark.labelstudio
+def test_a_task_of_another_project_is_left_alone_by_the_real_label_studio(run, ls_client, label_studio):
+    """The issue's case on the real server: /predict names project A and the id of a task in project B."""
+    a, b = (ls_client.projects.create(title=f"overlay {name} {run.directory.parent.name}"[:50], label_config=CONFIG)
+            for name in ("A", "B"))  # fmt: skip
+    ids = {}
+    for project in (a, b):
+        imported = ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": digit_uri(1)}}],
+                                                   return_task_ids=True)  # fmt: skip
+        ids[project.id] = imported.task_ids[0]
+    before = ls_client.tasks.get(id=ids[b.id]).data
+    client, model = backend(run, label_studio.url, label_studio.token)
+    assert client.post("/setup", json={"project": f"{a.id}.1700000000", "schema": CONFIG}).status_code == 200
+    assert predict(client, f"{a.id}.1700000000", [ids[b.id], ids[a.id]]).status_code == 200
+    assert model.overlays.wait(60)
+    assert ls_client.tasks.get(id=ids[b.id]).data == before
+    assert ls_client.tasks.get(id=ids[a.id]).data[SALIENCY_KEY]
+    assert (model.overlays.attached, model.overlays.failed) == (1, 1)
