@@ -198,6 +198,24 @@ def test_the_queue_is_bounded_in_count_and_bytes_and_counts_drops(fake_ls):
             ls.tasks[t]["data"].pop(SALIENCY_KEY)
 
 
+
+def test_predict_while_label_studio_hangs_keeps_the_queue_bounded(run, fake_ls):
+    """The issue's case: /predict after /predict while Label Studio does not answer. The queue stops at
+    OVERLAY_QUEUE overlays; the rest are dropped and counted, and the predictions are answered all the same."""
+    url, ls = fake_ls
+    ls.gate = threading.Event()
+    for task_id in range(1, 41):
+        add_task(ls, task_id, project=1)
+    app, client = make_client(run, label_studio_url=url, api_key=TOKEN, overlay_queue=5)
+    writer = app.extensions["hitl"]["model"].overlays
+    client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG})
+    for first in range(1, 41, 10):
+        assert len(predict(client, "1.1700000000", range(first, first + 10)).json["results"]) == 10
+    assert (writer.queued, writer.dropped) == (5, 35)
+    ls.gate.set()
+    assert writer.wait(30) and (writer.attached, writer.failed, writer.queued_bytes) == (5, 0, 0)
+
+
 @pytest.mark.labelstudio
 def test_a_task_of_another_project_is_left_alone_by_the_real_label_studio(run, ls_client, label_studio):
     """The issue's case on the real server: /predict names project A and the id of a task in project B."""
