@@ -8,6 +8,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -15,25 +16,35 @@ from PIL import Image
 from label_config.names import SALIENCY_KEY
 from ls_backend.overlays import OverlayWriter, PendingOverlay, overlay_png
 from ls_backend.projects import PROJECTS_FILE
+from trainer.core.loop import TrainConfig
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.link import LINK_FILE
 from trainer.runs.atomic import write_json
+from trainer.runs.run import Run, RunConfig
 
-from .test_app import CONFIG, digit_uri, make_client, run  # noqa: F401 (run: a fixture)
+from .test_app import CONFIG, TOP_K, digit_uri, make_client, save_round
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # a legacy token: no exchange with the server
 TASK = re.compile(r"^/api/tasks/(\d+)/?$")
 PROJECT = re.compile(r"^/api/projects/(\d+)/?$")
 
 
+@pytest.fixture
+def run(tmp_path) -> Run:
+    """A run with round 0 saved, as in test_app."""
+    made = Run.create(tmp_path / "run", RunConfig(top_k=TOP_K, train=TrainConfig(epochs=1, batch_size=128)))
+    save_round(made, 0)
+    return made
+
+
 class FakeLabelStudio(BaseHTTPRequestHandler):
     """Tasks and projects by id; ``seen`` holds (method, path) of every request; ``gate`` (when set) holds every
     answer until it is opened."""
 
-    tasks: dict[int, dict] = {}
-    projects: dict[int, str] = {}
-    seen: list[tuple[str, str]] = []
-    gate: threading.Event | None = None
+    tasks: ClassVar[dict[int, dict]] = {}
+    projects: ClassVar[dict[int, str]] = {}
+    seen: ClassVar[list[tuple[str, str]]] = []
+    gate: ClassVar[threading.Event | None] = None
 
     def _answer(self, status: int, body) -> None:
         raw = json.dumps(body).encode()
@@ -54,11 +65,11 @@ class FakeLabelStudio(BaseHTTPRequestHandler):
             return {"id": int(project[1]), "label_config": self.projects[int(project[1])]}
         return None
 
-    def do_GET(self):  # noqa: N802 (http.server's names)
+    def do_GET(self):
         found = self._route()
         self._answer(200, found) if found is not None else self._answer(404, {"detail": "Not found."})
 
-    def do_PATCH(self):  # noqa: N802
+    def do_PATCH(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         found = self._route()
         if found is None:

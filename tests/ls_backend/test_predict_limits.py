@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from ls_backend.config import BackendConfig
+from trainer.core.loop import TrainConfig
+from trainer.runs.run import Run, RunConfig
 
-from .test_app import digit_uri, make_client, predict_body, run  # noqa: F401 (run: a fixture)
+from .test_app import TOP_K, digit_uri, make_client, predict_body, save_round
 
 ROOT = Path(__file__).resolve().parents[2]
 # One /predict of N tasks after a warm-up one; prints the peak RSS it added (MiB) and the number of results.
@@ -36,10 +38,18 @@ print(json.dumps({"status": resp.status_code, "results": len(resp.json["results"
 """
 
 
+@pytest.fixture
+def run(tmp_path) -> Run:
+    """A run with round 0 saved, as in test_app."""
+    made = Run.create(tmp_path / "run", RunConfig(top_k=TOP_K, train=TrainConfig(epochs=1, batch_size=128)))
+    save_round(made, 0)
+    return made
+
+
 def added_mib(n: int) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", MEASURE, str(n)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert (out["status"], out["results"]) == (200, n)
