@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 
 from flask import Flask, Response, jsonify, request
@@ -25,6 +26,7 @@ from ls_backend.config import BackendConfig
 from ls_backend.jobs import ANNOTATION_EVENTS, TrainingJob
 from ls_backend.metrics import BackendMetrics
 from ls_backend.model import BackendError, SaliencyModel
+from ls_backend.projects import LS_ID_MAX, label_studio_id
 
 
 def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
@@ -68,16 +70,23 @@ def _json_body() -> dict:
     return data
 
 
+_SETUP_PROJECT = re.compile(r"([0-9]{1,10})(?:\.[0-9]{1,20})?")  # "<id>.<created-timestamp>", ASCII digits only
+
+
 def _project_id(project) -> int | None:
-    """Label Studio sends "<id>.<created-timestamp>" to /setup and /predict, a project object to /webhook."""
+    """Label Studio sends "<id>.<created-timestamp>" to /setup and /predict, a project object to /webhook.
+    An id is a positive integer within Label Studio's range; anything else is a 400 that shows what came."""
     if isinstance(project, dict):
         project = project.get("id")
     if project is None or project == "":
         return None
-    try:
-        return int(str(project).split(".", 1)[0])
-    except ValueError:
-        raise BackendError(f"project must be '<id>.<timestamp>', an id or an object with 'id', got {project!r}", 400)
+    if isinstance(project, str) and (m := _SETUP_PROJECT.fullmatch(project)):
+        project = int(m.group(1))
+    pid = label_studio_id(project)  # bool and float are not ids
+    if pid is None:
+        raise BackendError(f"project must be '<id>.<timestamp>', an id or an object with 'id' (an integer "
+                           f"1..{LS_ID_MAX}), got {str(project)[:40]!r}", 400)  # fmt: skip
+    return pid
 
 
 def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics: BackendMetrics) -> None:
@@ -111,12 +120,20 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
         if not isinstance(action, str):
             raise BackendError("webhook body has no 'action'", 400)
         project_id = _project_id(data.get("project"))
+        if action not in ("START_TRAINING", *ANNOTATION_EVENTS):  # Label Studio sends many kinds: none is ours
+            return jsonify(status="ignored"), 200
+        if project_id is not None and not model.serves(project_id):
+            app.logger.warning("webhook %s for project %s refused: the backend does not serve it", action, project_id)
+            return jsonify(error=f"project {project_id} is not served by this backend: connect the backend to it "
+                           "in the project's settings (Label Studio then calls /setup)"), 403  # fmt: skip
         if action == "START_TRAINING":
-            return jsonify(status=job.trigger(project_id), training=job.status()), 201
-        if action in ANNOTATION_EVENTS:
-            started = job.note_annotation(project_id)
-            return jsonify(status="started" if started else "counted", training=job.status()), 201
-        return jsonify(status="Unknown event", action=action), 200
+            status = job.trigger(project_id)
+            if status == "queue full":
+                return jsonify(error=f"{job.max_queued} projects wait for a training round already: press Start "
+                               "Training again when one has finished", training=job.status()), 429  # fmt: skip
+            return jsonify(status=status, training=job.status()), 201
+        started = job.note_annotation(project_id)
+        return jsonify(status="started" if started else "counted", training=job.status()), 201
 
     @app.get("/versions")
     def versions():

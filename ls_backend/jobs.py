@@ -2,7 +2,8 @@
 
 Label Studio waits 1 s for a webhook, and a round takes minutes, so ``trigger`` only starts a thread. A
 trigger while a round runs queues exactly one follow-up round for its project (the annotations it announces
-arrived after the running round pulled); more triggers for that project join the queued one. ANNOTATION_*
+arrived after the running round pulled); more triggers for that project join the queued one, and at most
+``MAX_QUEUED`` projects wait at once. ANNOTATION_*
 events are counted, and with ``auto_train_after`` > 0 that many of them start a round. Whatever a round raises,
 SystemExit included, is reported, never lost. ``status()`` is what ``/health`` and ``/metrics`` show.
 """
@@ -20,14 +21,16 @@ from pathlib import Path
 from trainer.runs.atomic import write_json
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED")
+MAX_QUEUED = 16  # follow-up rounds waiting at once (one per project): a round takes minutes, so more is a backlog
 
 
 class TrainingJob:
     """Runs ``train(project_id) -> model_version`` in a daemon thread, one round at a time."""
 
     def __init__(self, train: Callable[[int | None], str], *, auto_train_after: int = 0,
-                 state_path: Path | None = None) -> None:
+                 state_path: Path | None = None, max_queued: int = MAX_QUEUED) -> None:
         self._train = train
+        self.max_queued = max_queued
         self._state_path = state_path  # where a running round is noted, so a restart can tell it was cut off
         self.auto_train_after = auto_train_after
         self._lock = threading.Lock()
@@ -36,6 +39,7 @@ class TrainingJob:
         self._pending: dict[int | None, None] = {}  # projects with a follow-up round queued, in order
         self.rounds = 0
         self.coalesced = 0
+        self.refused = 0
         self.annotation_events = 0
         self.since_last_round = 0
         self.last_model_version: str | None = None
@@ -70,12 +74,16 @@ class TrainingJob:
 
     def trigger(self, project_id: int | None) -> str:
         """Start a round (``"started"``), queue one follow-up while a round runs (``"queued"``), or join the
-        follow-up already queued for this project (``"already queued"``)."""
+        follow-up already queued for this project (``"already queued"``); ``"queue full"`` when ``max_queued``
+        other projects wait already (nothing is queued: the caller says so)."""
         with self._lock:
             if self._active:
                 if project_id in self._pending:
                     self.coalesced += 1
                     return "already queued"
+                if len(self._pending) >= self.max_queued:
+                    self.refused += 1
+                    return "queue full"
                 self._pending[project_id] = None
                 return "queued"
             self._active = True
@@ -144,6 +152,7 @@ class TrainingJob:
                 "finished_at": self.finished_at,
                 "queued_rounds": len(self._pending),
                 "coalesced_triggers": self.coalesced,
+                "refused_triggers": self.refused,
                 "annotation_events": self.annotation_events,
                 "annotations_since_last_round": self.since_last_round,
                 "auto_train_after": self.auto_train_after,

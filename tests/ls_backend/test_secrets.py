@@ -62,6 +62,8 @@ def test_the_token_appears_nowhere(fresh_run, label_studio, caplog):
         failed = web.post("/predict", json={**body, "tasks": [{"id": 1, "data": {**task.data, image_key: url}}]})
         assert failed.status_code == status, failed.json
         errors.append(failed.json["error"])
+    # a project Label Studio no longer has, connected as Label Studio connects one: the round's pull fails
+    assert web.post("/setup", json={"project": "987654.1", "schema": label_config_for(run)}).status_code == 200
     started = web.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 987654}})
     assert started.status_code == 201
     assert app.extensions["hitl"]["job"].wait(120)
