@@ -81,11 +81,14 @@ class _RunCollector:
         tasks = CounterMetricFamily("hitl_predicted_tasks", "Tasks this backend process predicted")
         tasks.add_metric([], self.model.predicted_tasks)
         yield tasks
-        for outcome in ("attached", "failed"):
+        writer = self.model.overlays
+        for outcome in ("attached", "failed", "dropped"):  # dropped: the queue was full (OVERLAY_QUEUE*)
             overlays = CounterMetricFamily(f"hitl_overlays_{outcome}",
                                            f"Saliency overlays {outcome} to image-only tasks by this process")
-            overlays.add_metric([], getattr(self.model.overlays, outcome))
+            overlays.add_metric([], getattr(writer, outcome))
             yield overlays
+        yield _gauge("hitl_overlay_queue", "Overlays waiting to be written into Label Studio", writer.queued)
+        yield _gauge("hitl_overlay_queue_bytes", "PNG bytes of the overlays waiting", writer.queued_bytes)
         version = self.model.latest_version()
         if version is not None:
             yield InfoMetricFamily("hitl_model", "The newest checkpoint's model_version",

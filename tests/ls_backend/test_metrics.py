@@ -7,7 +7,7 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ls_backend.test_app import digit_uri, make_client, predict_body, save_round
+from tests.ls_backend.test_app import digit_uri, make_client, predict_body, save_round, serve_project
 from trainer.core.loop import TrainConfig
 from trainer.runs.run import Run, RunConfig
 
@@ -65,6 +65,7 @@ def test_metrics_show_a_running_round_and_the_queue(run, monkeypatch):
     job, gate = app.extensions["hitl"]["job"], threading.Event()
     monkeypatch.setattr(job, "_train", lambda project: gate.wait(10) and "v")  # a round that waits for the test
     for project in (1, 2):
+        serve_project(client, project)
         assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}}).status_code == 201
     busy = scrape(client)
     assert (busy["hitl_training_running"], busy["hitl_training_queue_depth"]) == (1, 1)
@@ -89,3 +90,13 @@ def test_an_unknown_openmetrics_version_gets_plain_text_not_a_500(run, accept, o
     assert resp.status_code == 200
     assert resp.content_type.startswith("application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4")
     assert resp.get_data().endswith(b"# EOF\n") is openmetrics
+
+
+def test_metrics_show_dropped_overlays_and_the_queue(run):
+    app, client = make_client(run)
+    writer = app.extensions["hitl"]["model"].overlays
+    before = scrape(client)
+    assert (before["hitl_overlays_dropped_total"], before["hitl_overlay_queue"], before["hitl_overlay_queue_bytes"]) \
+        == (0, 0, 0)  # fmt: skip
+    writer.dropped += 3  # as a full queue counts them (tests/ls_backend/test_overlay_writes.py)
+    assert scrape(client)["hitl_overlays_dropped_total"] == 3
