@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium_page
 from trainer.app.cli import main
 from trainer.app.report import AskedRow, asked_rows, build_report, render_html
 from trainer.runs.ledger import Question
 from trainer.runs.run import Run, RunConfig, with_overrides
-
-from tests.browser import chromium_page
 
 TINY = {"train.epochs": 2, "train.batch_size": 256, "train.replay": 4}
 

@@ -89,8 +89,9 @@ def fold_cosines(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     return rows
 
 
-def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None, rows: int | None = None,
-               smooth: bool = False, steps: int = 20, seed: int = 0, eps_rel: tuple[float, ...] = EPS_REL) -> dict:  # fmt: skip
+def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None,
+               rows: int | None = None, smooth: bool = False, steps: int = 20, seed: int = 0,
+               eps_rel: tuple[float, ...] = EPS_REL) -> dict:  # fmt: skip
     """Train ``model`` for ``steps`` CE steps of 64 images (so it is not at its initialisation), then
     ``fold_cosines`` on ``rows`` other training images with their true masks."""
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")

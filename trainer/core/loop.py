@@ -159,7 +159,7 @@ class Labelled(Dataset):
         self.base, self.fixes = base, fixes
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base)  # type: ignore[arg-type]  # a map-style dataset has __len__
 
     def __getitem__(self, i: int):
         x, y, sid = self.base[i]
@@ -230,7 +230,8 @@ def train_round(
     world = parallel.world_size
     lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
     ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps since the first with annotated rows
-    every = cfg.penalty_every
+    every, replay_weight = cfg.penalty_every, cfg.replay_weight
+    assert every is not None and replay_weight is not None  # for_model set them
     # Without batch norm a row's logits do not depend on the other rows, so the drawn rows' CE can come from
     # the penalty pass's forward (the same function: saves a forward and backward over them). With batch norm
     # that pass normalises them by their own few rows' statistics; taking their CE there measured worse (the
@@ -240,7 +241,7 @@ def train_round(
 
     def drawn_ce(logits_d: torch.Tensor, y_d: torch.Tensor) -> torch.Tensor:
         """The drawn rows' summed CE, each row counted as ``replay_weight`` batch rows."""
-        return cfg.replay_weight * F.cross_entropy(logits_d.float(), y_d, reduction="sum")
+        return replay_weight * F.cross_entropy(logits_d.float(), y_d, reduction="sum")
 
     step = 0
     probs = None
@@ -260,7 +261,7 @@ def train_round(
             else:
                 xa, ya, wa, n_drawn = x[:0], y[:0], torch.zeros(0, *x.shape[-2:]), 0
             # drawn rows join the batch's CE, each as replay_weight rows; its own annotated rows are in it already
-            n_rows = n_batch + cfg.replay_weight * n_drawn
+            n_rows = n_batch + replay_weight * n_drawn
             if n_drawn and not fold:  # batch norm: the drawn rows' CE in the batch, under the batch's statistics
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
             counts = parallel.all_reduce(torch.tensor([n_rows, len(xa)], dtype=torch.float64, device=device))
@@ -271,7 +272,8 @@ def train_round(
                 ce_sum = ce_sum + drawn_ce(logits[n_batch:], y[n_batch:])
             if score and epoch == cfg.epochs - 1:
                 if probs is None:
-                    probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
+                    n_train = len(train_set)  # type: ignore[arg-type]  # a map-style dataset has __len__
+                    probs = torch.full((n_train, logits.shape[1]), float("nan"), device=device)
                 probs.index_copy_(0, torch.as_tensor(ids).to(device), torch.softmax(logits[:n_batch].detach(), 1))
             pen_sum = torch.zeros((), device=device)
             scale = torch.zeros((), dtype=torch.float64, device=device)  # ramp * lambda / M
@@ -359,12 +361,12 @@ class ReplayPool:
         rows = [self._row(i) for i in drawn + in_batch]
         if not rows:
             return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), 0
-        x, y, w = zip(*rows)
-        x, w = torch.stack(x), torch.stack(w)
+        xs, ys, ws = zip(*rows)
+        x, w = torch.stack(xs), torch.stack(ws)
         if drawn and self.counterexamples > 0:
             x[: len(drawn)] = counterexample(x[: len(drawn)], w[: len(drawn)], self.counterexamples, self.rng,
                                              donors=donors)  # fmt: skip
-        return x, torch.as_tensor(y), w, len(drawn)
+        return x, torch.as_tensor(ys), w, len(drawn)
 
 
 def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator, *,

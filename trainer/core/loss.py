@@ -81,7 +81,7 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def batchnorms(model: nn.Module) -> list[nn.Module]:
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch-norm layers of ``model`` (a row's output depends on the other rows through them)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
