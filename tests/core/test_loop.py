@@ -134,7 +134,7 @@ def _small_resnet() -> nn.Module:
     # then).
     {"lam": 10.0, "lr_schedule": "constant", "replay": 16, "penalty_every": 1},
     {},  # today's defaults: lambda 1, cosine, the batch-norm replay plan
-    {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (README, Speed)
+    {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (docs/speed.md)
 ], ids=["as-measured", "defaults", "every-4th-step"])
 def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread, setting):
     """ResNet-18 collapsed under feedback (0.83 -> 0.17 on decoy-mnist-rgb) while the small CNN, which has no
