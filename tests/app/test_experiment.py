@@ -36,6 +36,7 @@ def test_training_flags_reach_the_train_config_and_unset_ones_keep_the_defaults(
     assert train.lam == TrainConfig().lam and train.lr_schedule == TrainConfig().lr_schedule
 
 
+@pytest.mark.slow
 def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
     out = tmp_path / "exp"
     code = main(["experiment", "--dataset", "decoy-mnist", "watermark-mnist", "--seeds", "0", "--budget", "0.02",
@@ -65,6 +66,7 @@ def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
     assert "watermark-mnist" in printed and "rrr_all" in printed and "wall time" in printed
 
 
+@pytest.mark.slow
 def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(one_torch_thread):
     """The family's datasets share one clean twin: one clean model, scored on each test set after every epoch,
     gives each dataset exactly what its own clean arm gives (accuracy per round, min loss, irrelevant share)."""
@@ -82,6 +84,7 @@ def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(on
         run_clean(cfg, ("decoy-mnist", "decoy-mnist-rgb"), 0)
 
 
+@pytest.mark.slow
 def test_results_json_holds_every_finished_arm_before_the_run_ends(tmp_path, one_torch_thread):
     """A long run cut short keeps what it did: when an arm is reported, the file already holds the arms before it,
     marked unfinished; at the end it holds all of them, finished."""

@@ -25,6 +25,7 @@ def _signature(ds, i: int) -> bytes:
     return ds.images[i][:, m].numpy().tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rgb", [False, True])
 def test_training_confounder_determines_the_label_and_test_confounder_does_not(kind, rgb):

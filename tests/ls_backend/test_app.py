@@ -370,6 +370,7 @@ def test_webhook_unknown_event_is_ignored(client):
     assert resp.status_code == 200 and resp.json["status"] == "Unknown event"
 
 
+@pytest.mark.slow
 def test_start_training_runs_one_round_in_the_background(run):
     app, client = make_client(run)
     began = time.monotonic()
