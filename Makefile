@@ -1,4 +1,6 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (every test).
+# `make check` is the fast loop (lint, format, types, the tests that need no server); `make lock` refreshes the
+# constraints files that pin every version `make test` was run with (docs/development.md).
 PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
@@ -7,23 +9,23 @@ BIN := $(VENV)/bin
 # Small models and a busy 2-core machine: one torch thread per process is several times faster here.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test env ls-env browser experiment clean
+.PHONY: demo test check lint env ls-env browser experiment lock clean
 
 env: $(VENV)/.installed
 ls-env: $(LS_VENV)/.installed
 
 # One resolution for every dependency (label-studio-sdk's opencv pins numpy < 2.3; a second pip call can break it).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 # Label Studio pins its own Django, SDK and friends: it lives in its own environment.
-$(LS_VENV)/.installed:
+$(LS_VENV)/.installed: constraints-ls.txt
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
+	$(LS_VENV)/bin/python -m pip install -q -c constraints-ls.txt label-studio==$(LS_VERSION)
 	touch $@
 
 # Headless Chromium for the browser test, from Debian's packages (never a browser download).
@@ -38,8 +40,32 @@ demo: env ls-env
 test: env ls-env browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Lint, format and types first (they fail in seconds), then every test that needs no server and no browser.
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: lint
+	$(BIN)/python -m pytest -q -m "not labelstudio and not browser and not slow" $(PYTEST_ARGS)
+
+# Resolve both environments afresh (newest versions the ranges in pyproject.toml allow) and pin what resolved.
+# Run `make test` afterwards: the files record what the suite passed with.
+LOCK_TMP := .lock-tmp
+lock:
+	rm -rf $(LOCK_TMP) && $(PYTHON) -m venv $(LOCK_TMP)/app && $(PYTHON) -m venv $(LOCK_TMP)/ls
+	$(LOCK_TMP)/app/bin/python -m pip install -q --upgrade pip
+	$(LOCK_TMP)/app/bin/python -m pip install -q -e '.[test]'
+	{ echo "# make lock: every version .venv was tested with (pip install -c constraints.txt -e '.[test]')"; \
+	  $(LOCK_TMP)/app/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	$(LOCK_TMP)/ls/bin/python -m pip install -q --upgrade pip
+	$(LOCK_TMP)/ls/bin/python -m pip install -q label-studio==$(LS_VERSION)
+	{ echo "# make lock: every version .venv-ls was tested with (label-studio==$(LS_VERSION))"; \
+	  $(LOCK_TMP)/ls/bin/python -m pip freeze; } > constraints-ls.txt
+	rm -rf $(LOCK_TMP)
+
 experiment: env
 	$(BIN)/hitl experiment --dataset decoy-mnist --seeds 0 1 2 --budget 0.01 --rounds 5 --out runs/experiment
 
 clean:
-	rm -rf runs demo-run test-output .pytest_cache
+	rm -rf runs demo-run test-output .pytest_cache .lock-tmp .mypy_cache .ruff_cache

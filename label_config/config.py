@@ -72,8 +72,7 @@ def check_classes(classes: Sequence[str]) -> list[str]:
         if "$" in name:
             # Label Studio substitutes $word in Choice values with task data.
             raise ValueError(f"class name {name!r} contains '$', which Label Studio reads as a data key")
-    seen: set[str] = set()
-    dupes = sorted({n for n in classes if n in seen or seen.add(n)})
+    dupes = sorted({n for n in classes if classes.count(n) > 1})
     if dupes:
         raise ValueError(f"duplicate class names: {dupes}")
     return classes
@@ -233,8 +232,9 @@ def suggestion_result(
     cells = _cell_list(cells, grid)
     # original_* only inform LS of the display size; regions are in percent, so no divisibility needed.
     width, height = int(display_px), max(1, round(display_px * grid.height / grid.width))
-    if score is None or np.isscalar(score):
-        scores = [score] * len(cells)
+    scores: list[float | None]
+    if score is None or isinstance(score, (int, float, np.number)):
+        scores = [None if score is None else float(score)] * len(cells)
     else:
         scores = [float(s) for s in score]
         if len(scores) != len(cells):
@@ -247,12 +247,12 @@ def suggestion_result(
     for (r, c), s in zip(cells, scores):
         x, y, w, h = grid.cell_box_percent(r, c)
         if tag.startswith("keypoint"):
-            value = {"x": x + w / 2, "y": y + h / 2, "width": min(w, h) / 4}
+            value: dict[str, object] = {"x": x + w / 2, "y": y + h / 2, "width": min(w, h) / 4}
         else:
             value = {"x": x, "y": y, "width": w, "height": h, "rotation": 0}
         if tag.endswith("labels") and label is not None:
             value[tag] = [label]
-        item = {
+        item: dict[str, object] = {
             "id": f"cell_{r}_{c}",
             "from_name": from_name,
             "to_name": to_name,

@@ -79,7 +79,8 @@ def _pick(controls: list[Control], tags: tuple[str, ...], preferred: str) -> Con
     """Our named control when present with a fitting tag, else the first control with such a tag."""
     fitting = [c for c in controls if c.tag in tags]
     named = [c for c in fitting if c.name == preferred]
-    return (named or fitting or [None])[0]
+    chosen = named or fitting
+    return chosen[0] if chosen else None
 
 
 def check_config(xml: str) -> ConfigControls:

@@ -35,7 +35,7 @@ class Grid:
             )
 
     @classmethod
-    def from_cell_px(cls, height: int, width: int, cell_px: int) -> "Grid":
+    def from_cell_px(cls, height: int, width: int, cell_px: int) -> Grid:
         """Square cells of ``cell_px`` pixels (the last row/column absorbs any remainder)."""
         if cell_px < 1:
             raise ValueError(f"cell_px must be >= 1, got {cell_px}")

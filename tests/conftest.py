@@ -10,6 +10,14 @@ import pytest
 from trainer.app.lsserver import LabelStudioServer, default_ls_venv
 
 
+def pytest_collection_modifyitems(items):
+    """A test that reaches the real server through a fixture is a ``labelstudio`` test, marked or not, so that
+    ``make check`` (``-m "not labelstudio ..."``) never starts Label Studio."""
+    for item in items:
+        if "label_studio" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("labelstudio"):
+            item.add_marker(pytest.mark.labelstudio)
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A running Label Studio (SQLite in a fresh data dir, local files served from a tmp root).

@@ -10,6 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from trainer.app.cli import build_parser
 from trainer.data.registry import CONFOUNDED
 
@@ -55,6 +57,7 @@ def test_all_part_runs_steps_then_the_family_then_the_rounds(tmp_path):
     assert args.seeds == [0, 1, 2] and args.workers == 14 and args.device == "cuda"
 
 
+@pytest.mark.slow
 def test_offline_cli_runs_without_the_label_studio_sdk(tmp_path):
     """The GPU machine has torch but not the SDK: the offline commands must import without it."""
     shadow = tmp_path / "shadow" / "label_studio_sdk"

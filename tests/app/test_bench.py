@@ -24,6 +24,7 @@ def test_bench_step_json(capsys):
     assert out["reg_ms"] > out["ce_ms"] > 0 and out["ratio"] > 1
 
 
+@pytest.mark.slow
 def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(capsys, one_torch_thread):
     args = ["bench", "round", "--model", "small-cnn", "--train-fraction", "0.05", "--budget", "0.05", "--epochs", "1",
             "--compare", "replay=0", "--compare", "penalty_every=2", "replay=4", "--repeat", "2", "--json"]  # fmt: skip
@@ -49,6 +50,7 @@ def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(ca
         assert out[arm]["ratio"] == pytest.approx(seed[arm]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_bench_round_arms_start_from_the_same_state(one_torch_thread):
     """An arm compared with the very settings of the feedback arm trains to the same model: every arm starts from
     the round-0 model and optimizer, not from the moments the arms before it left (Adam updates them in place)."""
@@ -71,6 +73,7 @@ def test_bench_step_defaults_to_the_training_step_replay_rows_joining_the_batch(
     assert out["penalty_every"] == 1 and out["mean_ratio"] == out["ratio"]  # every step is a penalised one
 
 
+@pytest.mark.slow
 def test_bench_all_runs_each_benchmark_as_its_own_command_and_names_failures():
     quick = {"step-small-cnn": ["--steps", "2", "--batch", "8"], "round-small-cnn": ["--colour", "red"]}
     out = run_all(["step-small-cnn", "round-small-cnn"], quick)
@@ -84,6 +87,7 @@ def test_bench_round_names_a_dataset_without_true_masks(capsys):
     assert "has no true masks" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_fold_finite_differences_match_exact_double_backprop_only_on_a_smooth_network(one_torch_thread):
     """The finite-difference fold of the penalty gradient agrees with exact double backprop when the network's
     input gradient is smooth, and not on the ReLU/max-pool network we train, at any eps: a row's parameter

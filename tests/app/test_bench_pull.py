@@ -1,9 +1,12 @@
 """`hitl bench pull` fills a real Label Studio project and pulls every annotation once; W stays sparse."""
 
 
+import pytest
+
 from trainer.app.bench_pull import bench_pull, feedback_memory
 
 
+@pytest.mark.labelstudio
 def test_bench_pull_reads_every_annotation_from_the_real_server(label_studio, tmp_path, one_torch_thread):
     r = bench_pull(annotations=120, url=label_studio.url, api_key=label_studio.token, workdir=tmp_path, batch=50)
     assert r["annotations"] == 120 and r["pull_s"] > 0

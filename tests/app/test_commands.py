@@ -86,6 +86,7 @@ def _by_sample_id(part):
     return sorted(ids), images, part.labels[order], part.decoy_masks[order]
 
 
+@pytest.mark.slow
 def test_folder_export_and_init_reproduce_the_experiment(frame_folder, tmp_path):
     """``hitl experiment --dataset frame-mnist --seeds 1 --budget 0.01 --rounds 5`` against ``hitl datasets --export
     ... --seed 1`` + ``hitl init --dataset folder:DIR --seed 1 --per-round 8``: the same training and test images

@@ -36,6 +36,7 @@ def pair(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_compare_prints_the_paper_heading_and_a_row_per_run(pair, tmp_path, capsys):
     run, twin = pair
     out = tmp_path / "cmp.png"
@@ -49,6 +50,7 @@ def test_compare_prints_the_paper_heading_and_a_row_per_run(pair, tmp_path, caps
         assert picture.width > 300
 
 
+@pytest.mark.slow
 def test_compare_json_and_scores_from_history(pair, tmp_path, capsys):
     run, twin = pair
     assert main(["compare", str(twin.directory), str(run.directory), "--json", "--out", str(tmp_path / "c.png")]) == 0
@@ -60,6 +62,7 @@ def test_compare_json_and_scores_from_history(pair, tmp_path, capsys):
     assert mine["min_loss"] == min(h["min_loss"] for h in run.history())
 
 
+@pytest.mark.slow
 def test_an_old_run_without_confusion_is_scored_from_its_checkpoint(pair, tmp_path):
     run, _ = pair
     import shutil
@@ -71,6 +74,7 @@ def test_an_old_run_without_confusion_is_scored_from_its_checkpoint(pair, tmp_pa
     assert (recomputed.balanced_acc, recomputed.macro_f1) == pytest.approx((new.balanced_acc, new.macro_f1))
 
 
+@pytest.mark.slow
 def test_compare_needs_two_trained_runs(pair, tmp_path, capsys):
     run, _ = pair
     assert main(["compare", str(run.directory)]) == 2

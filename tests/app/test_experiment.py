@@ -36,11 +36,13 @@ def test_training_flags_reach_the_train_config_and_unset_ones_keep_the_defaults(
     assert train.lam == TrainConfig().lam and train.lr_schedule == TrainConfig().lr_schedule
 
 
+@pytest.mark.slow
 def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
     out = tmp_path / "exp"
     code = main(["experiment", "--dataset", "decoy-mnist", "watermark-mnist", "--seeds", "0", "--budget", "0.02",
                  "--rounds", "1", "--epochs", "1", "--train-fraction", "0.1", "--workers", "1", "--saliency",
-                 "saliency", "--image-size", "21", "--lam", "10", "--lr-schedule", "constant", "--out", str(out)])  # fmt: skip
+                 "saliency", "--image-size", "21", "--lam", "10", "--lr-schedule", "constant",
+                 "--out", str(out)])  # fmt: skip
     # Lambda 10 at a constant rate: one epoch over 400 images is too short for the defaults (lambda 1, a cosine
     # within the round) to move the irrelevant share of rrr_all below the baseline's (decoy-mnist: 0.034 against
     # 0.033 at lambda 1; 0.042 against 0.039 with the cosine too); the shape is what this checks.
@@ -64,11 +66,13 @@ def test_cli_writes_results_json_in_the_issue_shape(tmp_path, capsys):
     assert "watermark-mnist" in printed and "rrr_all" in printed and "wall time" in printed
 
 
+@pytest.mark.slow
 def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(one_torch_thread):
     """The family's datasets share one clean twin: one clean model, scored on each test set after every epoch,
     gives each dataset exactly what its own clean arm gives (accuracy per round, min loss, irrelevant share)."""
     cfg = ExperimentConfig(datasets=("decoy-mnist", "watermark-mnist"), seeds=(0,), rounds=1, train_fraction=0.1,
-                           image_size=21, saliency="saliency", share_images=50, train=TrainConfig(epochs=2))  # fmt: skip
+                           image_size=21, saliency="saliency", share_images=50,
+                           train=TrainConfig(epochs=2))  # fmt: skip
     shared = run_clean(cfg, cfg.datasets, 1)
     assert list(shared) == list(cfg.datasets)
     for d in cfg.datasets:
@@ -80,13 +84,15 @@ def test_the_clean_arm_trained_once_scores_every_dataset_as_its_own_run_would(on
         run_clean(cfg, ("decoy-mnist", "decoy-mnist-rgb"), 0)
 
 
+@pytest.mark.slow
 def test_results_json_holds_every_finished_arm_before_the_run_ends(tmp_path, one_torch_thread):
     """A long run cut short keeps what it did: when an arm is reported, the file already holds the arms before it,
     marked unfinished; at the end it holds all of them, finished."""
     from trainer.app.experiment import run_experiment
 
     cfg = ExperimentConfig(datasets=("decoy-mnist",), seeds=(0, 1), arms=("baseline",), rounds=1, train_fraction=0.05,
-                           image_size=14, saliency="saliency", share_images=20, train=TrainConfig(epochs=1), workers=1)  # fmt: skip
+                           image_size=14, saliency="saliency", share_images=20, train=TrainConfig(epochs=1),
+                           workers=1)  # fmt: skip
     seen = []
 
     def log(line: str) -> None:
@@ -120,7 +126,8 @@ def test_results_keep_an_arm_that_finished_before_those_listed_ahead_of_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target, sig", [("parent", signal.SIGTERM), ("parent", signal.SIGKILL), ("worker", signal.SIGKILL)],
+@pytest.mark.parametrize("target, sig",
+                         [("parent", signal.SIGTERM), ("parent", signal.SIGKILL), ("worker", signal.SIGKILL)],
                          ids=["kill", "kill -9", "a worker killed"])  # fmt: skip
 def test_killing_an_experiment_or_a_worker_ends_every_worker_in_the_middle_of_its_arm(tmp_path, target, sig):
     """Before, a `kill` ended the parent alone and each worker trained its arm to the end (half an hour of both

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium_page
 from trainer.app.cli import main
 from trainer.app.report import AskedRow, asked_rows, build_report, render_html
 from trainer.runs.ledger import Question
 from trainer.runs.run import Run, RunConfig, with_overrides
-
-from tests.browser import chromium_page
 
 TINY = {"train.epochs": 2, "train.batch_size": 256, "train.replay": 4}
 
@@ -53,6 +52,7 @@ def test_asked_rows_count_answers_skips_and_pending():
                               AskedRow(1, asked=1, answered=1, skipped=0, pending=0, marked=1, label_fixes=1)]
 
 
+@pytest.mark.slow
 def test_report_model_from_a_run(run):
     report = build_report(run)
     assert [r.round for r in report.rounds] == [0, 1]
@@ -65,6 +65,7 @@ def test_report_model_from_a_run(run):
     assert report.config["train"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_html_is_a_pure_function_that_escapes_what_it_shows(run):
     from dataclasses import replace
 
@@ -77,6 +78,7 @@ def test_html_is_a_pure_function_that_escapes_what_it_shows(run):
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
 
 
+@pytest.mark.slow
 def test_report_command_writes_the_page(run, capsys):
     assert main(["report", str(run.directory)]) == 0
     path = capsys.readouterr().out.strip()

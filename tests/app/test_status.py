@@ -76,6 +76,7 @@ def offline_run(tmp_path, monkeypatch):
     return run, url
 
 
+@pytest.mark.slow
 def test_status_without_label_studio_shows_the_ledger(offline_run, capsys):
     run, url = offline_run
     assert main(["status", str(run.directory)]) == 0

@@ -124,15 +124,17 @@ def _small_resnet() -> nn.Module:
     """ResNet-18's ingredients at toy size: residual blocks with batch norm (16 channels)."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), _Block(16),
-                         nn.MaxPool2d(2), _Block(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+                         nn.MaxPool2d(2), _Block(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", [
-    # The setting the collapse was measured in: lambda 10, a constant rate, 16 rows on every step (the defaults then).
+    # The setting the collapse was measured in: lambda 10, a constant rate, 16 rows on every step (the defaults
+    # then).
     {"lam": 10.0, "lr_schedule": "constant", "replay": 16, "penalty_every": 1},
     {},  # today's defaults: lambda 1, cosine, the batch-norm replay plan
-    {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (README, Speed)
+    {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (docs/speed.md)
 ], ids=["as-measured", "defaults", "every-4th-step"])
 def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread, setting):
     """ResNet-18 collapsed under feedback (0.83 -> 0.17 on decoy-mnist-rgb) while the small CNN, which has no

@@ -50,6 +50,7 @@ def test_patch_sits_in_a_corner_and_all_corners_occur(decoy):
     assert len(corners) == 4 and all(sum(c) == 1 for c in corners)
 
 
+@pytest.mark.slow
 def test_split_is_fixed_across_seeds_and_clean_variant_has_same_digits():
     a, _ = load_dataset("decoy-mnist", seed=0)
     b, _ = load_dataset("decoy-mnist", seed=1)

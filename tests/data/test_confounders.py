@@ -14,7 +14,7 @@ from trainer.data.registry import CONFOUNDED, DATASETS, load_dataset
 KINDS = [k for k in PAINTERS if k != "corner"]  # the corner patch has its own tests (test_benchmarks.py)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(kind: str, rgb: bool, size: int = 28):
     return load_dataset(f"{kind}-mnist" + ("-rgb" if rgb else ""), seed=0, size=size)
 
@@ -25,6 +25,7 @@ def _signature(ds, i: int) -> bytes:
     return ds.images[i][:, m].numpy().tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rgb", [False, True])
 def test_training_confounder_determines_the_label_and_test_confounder_does_not(kind, rgb):

@@ -377,6 +377,7 @@ def test_webhook_unknown_event_is_ignored_with_a_short_fixed_body(client, action
     assert resp.status_code == 200 and resp.json == {"status": "ignored"}  # never an echo of what came
 
 
+@pytest.mark.slow
 def test_start_training_runs_one_round_in_the_background(run):
     app, client = make_client(run)
     serve_project(client, 1)

@@ -42,6 +42,7 @@ def test_config_round_trips_and_rejects_unknown_keys():
         RunConfig.from_dict({**data, "colour": "red"})
 
 
+@pytest.mark.slow
 def test_rounds_continue_from_checkpoint_with_feedback(tmp_path, one_torch_thread):
     run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY))
     assert run.current_round() == -1
@@ -70,6 +71,7 @@ def test_choose_samples_excludes_given_ids(tmp_path, one_torch_thread):
     assert len(set(first) | set(second)) == 10
 
 
+@pytest.mark.slow
 def test_the_sampler_ranks_the_scores_the_rounds_last_epoch_saved(round0_run, tmp_path, one_torch_thread):
     """A round's checkpoint keeps its last epoch's softmax of every training image; choosing the next images
     ranks those (no second pass), and a checkpoint without them is scored by the model instead."""
@@ -92,6 +94,7 @@ def test_the_sampler_ranks_the_scores_the_rounds_last_epoch_saved(round0_run, tm
         int(i) for i in select(eval_probs, train.labels, 5, strategy=strategy, seed=run.config.seed * 1000)]
 
 
+@pytest.mark.slow
 def test_history_records_irrelevant_share_on_decoy_test_set(tmp_path, one_torch_thread):
     run = Run.create(tmp_path / "r", with_overrides(RunConfig(), **TINY, saliency="saliency"))
     record = run.train_next_round()
@@ -126,6 +129,7 @@ def test_the_ledger_waits_for_another_writer_instead_of_failing(tmp_path):
     assert busy_ms >= 60_000  # SQLite's default of 5 s failed a second `hitl pull` during a large one
 
 
+@pytest.mark.slow
 def test_train_fraction_keeps_a_seeded_stratified_share_and_the_whole_test_split(tmp_path):
     full = Run.create(tmp_path / "full", RunConfig())
     part = Run.create(tmp_path / "part", with_overrides(RunConfig(), train_fraction=0.1))
@@ -140,6 +144,7 @@ def test_train_fraction_keeps_a_seeded_stratified_share_and_the_whole_test_split
         RunConfig(train_fraction=0)
 
 
+@pytest.mark.slow
 def test_twin_trains_the_same_rounds_without_feedback(tmp_path, one_torch_thread):
     run = Run.create(tmp_path / "r", with_overrides(RunConfig(), train_fraction=0.1, **TINY))
     run.train_next_round()

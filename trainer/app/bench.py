@@ -106,6 +106,7 @@ def _main(args) -> int:
         print(json.dumps(r))
     else:
         print(f"{r['model']} batch {r['batch']} at {r['size']} px on {r['device']}: CE step {r['ce_ms']} ms, "
-              f"with penalty on {r['annotated_rows']} rows{' joining the batch' if r['joined'] else ''} {r['reg_ms']} ms, ratio {r['ratio']}; "
+              f"with penalty on {r['annotated_rows']} rows{' joining the batch' if r['joined'] else ''} "
+              f"{r['reg_ms']} ms, ratio {r['ratio']}; "
               f"penalised every {r['penalty_every']} steps, mean ratio {r['mean_ratio']}")  # fmt: skip
     return 0

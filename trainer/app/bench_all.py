@@ -1,4 +1,4 @@
-"""``hitl bench all --json``: every benchmark at the settings the README's table reports, one JSON object.
+"""``hitl bench all --json``: every benchmark at the settings docs/speed.md reports, one JSON object.
 
 Each runs as its own ``hitl bench NAME --json`` process (the same command a user types, with a fresh torch
 and no state from the one before), so a benchmark registered by another package (``hitl bench serve``
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-# name -> the arguments after `hitl bench`; the README's table uses these.
+# name -> the arguments after `hitl bench`; docs/speed.md's table uses these.
 PLAN: dict[str, list[str]] = {
     "step-small-cnn": ["step", "--model", "small-cnn", "--size", "28"],
     "step-resnet18": ["step", "--model", "resnet18", "--size", "56"],

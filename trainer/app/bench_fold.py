@@ -14,7 +14,7 @@ finite-difference gradient and the exact double backpropagation of ``trainer.cor
 several eps (relative: eps * |u| = eps_rel * |x| on average). ``--smooth`` swaps every ReLU for a GELU and every
 max pool for an average pool first: the same measurement on a network whose input gradient is smooth.
 
-What it shows (README, Speed): on ReLU networks the fold is biased at every eps, because a row's parameter
+What it shows (docs/speed.md): on ReLU networks the fold is biased at every eps, because a row's parameter
 gradient jumps wherever a ReLU or a max pool switches, and the difference quotient divides each jump by eps
 while the number of switches within eps of x shrinks only in proportion to eps. Exact double backpropagation
 takes the ReLU's second derivative as zero, as training does. Only the smooth network reaches cosine 0.99.
@@ -89,8 +89,9 @@ def fold_cosines(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     return rows
 
 
-def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None, rows: int | None = None,
-               smooth: bool = False, steps: int = 20, seed: int = 0, eps_rel: tuple[float, ...] = EPS_REL) -> dict:  # fmt: skip
+def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: int | None = None,
+               rows: int | None = None, smooth: bool = False, steps: int = 20, seed: int = 0,
+               eps_rel: tuple[float, ...] = EPS_REL) -> dict:  # fmt: skip
     """Train ``model`` for ``steps`` CE steps of 64 images (so it is not at its initialisation), then
     ``fold_cosines`` on ``rows`` other training images with their true masks."""
     dataset = dataset or ("decoy-mnist" if model == "small-cnn" else "decoy-mnist-rgb")

@@ -78,7 +78,8 @@ def _init(args) -> int:
         channels, size = channels or native_channels, size or native_size
     config = with_overrides(
         RunConfig(), dataset=args.dataset, model=args.model or default_model(channels, size), image_size=size,
-        channels=channels, cell_px=args.cell_px or max(1, size // GRID_CELLS), seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
+        channels=channels, cell_px=args.cell_px or max(1, size // GRID_CELLS), seed=args.seed,
+        saliency=args.saliency, top_k=args.top_k, weights=args.weights,
         train_fraction=args.train_fraction,
         **{"train.epochs": args.epochs, "train.lam": args.lam, "train.replay": args.replay,
            "train.device": args.device, "sampling.strategy": args.strategy, "sampling.per_round": args.per_round},
@@ -248,7 +249,8 @@ def render_status(s: RunStatus) -> str:
     lines += _table(head, rows + [("total", *totals, "", "")])
     if s.annotators:
         rows = [(f"{a.name or 'user'} ({a.annotator})" if a.annotator is not None else "unknown", a.annotations,
-                 a.skipped, a.label_corrections, "-" if a.median_lead_time_s is None else f"{a.median_lead_time_s:.1f} s")
+                 a.skipped, a.label_corrections,
+                 "-" if a.median_lead_time_s is None else f"{a.median_lead_time_s:.1f} s")
                 for a in s.annotators]  # fmt: skip
         lines += _table(("annotator", "answers", "skipped", "label fixes", "median time"), rows)
     else:

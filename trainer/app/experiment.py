@@ -289,7 +289,8 @@ def config_from_args(args) -> ExperimentConfig:
         "precision": args.precision, "lr_schedule": args.lr_schedule,
     }.items() if v is not None})  # fmt: skip
     return ExperimentConfig(
-        datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds), budgets=tuple(args.budget),
+        datasets=tuple(args.dataset), model=args.model, image_size=args.image_size, seeds=tuple(args.seeds),
+        budgets=tuple(args.budget),
         strategies=tuple(args.strategy), rounds=args.rounds, cell_px=args.cell_px, train_fraction=args.train_fraction,
         arms=tuple(args.arms), saliency=args.saliency, train=train, workers=args.workers,
         annotator=AnnotatorConfig(miss_rate=args.miss_rate, wrong_rate=args.wrong_rate),

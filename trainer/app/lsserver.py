@@ -187,7 +187,7 @@ class LabelStudioServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "LabelStudioServer":
+    def start(self) -> LabelStudioServer:
         if self._proc is not None:
             raise RuntimeError("Label Studio server already started")
         if not self.executable.exists():
@@ -311,7 +311,7 @@ class LabelStudioServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "LabelStudioServer":
+    def __enter__(self) -> LabelStudioServer:
         return self.start() if self._proc is None else self
 
     def __exit__(self, *exc) -> None:

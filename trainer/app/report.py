@@ -166,7 +166,8 @@ def _examples(run: Run, questions: list[Question], n: int) -> list[Example]:
         shares = [float(irrelevant_share(maps[r][k : k + 1], marked[k : k + 1])[0]) for r in (before, after)]
         out.append(Example(
             sample_id=i, label=run.classes[int(train[i][1])], asked_round=before, latest_round=after,
-            marked_cells=int(cells[i].sum()), image=Picture(_pil_uri(image_to_pil(images[k], DISPLAY_PX)), f"image {i}"),
+            marked_cells=int(cells[i].sum()),
+            image=Picture(_pil_uri(image_to_pil(images[k], DISPLAY_PX)), f"image {i}"),
             before=Picture(pictures[0], f"saliency of image {i}, round {before}"),
             after=Picture(pictures[1], f"saliency of image {i}, round {after}"),
             predicted_before=run.classes[int(preds[before][k])], predicted_after=run.classes[int(preds[after][k])],
@@ -232,7 +233,8 @@ def _num(value, fmt: str) -> str:
 def _rounds_table(rows: tuple[RoundRow, ...]) -> str:
     body = "".join(
         f"<tr><td>{r.round}</td><td>{html.escape(r.model_version)}</td><td>{r.annotated}</td><td>{r.label_fixes}</td>"
-        f"<td>{_num(r.acc, '.1%')}</td><td>{_num(r.min_loss, '.3f')}</td><td>{_num(r.irrelevant_share, '.3f')}</td></tr>"
+        f"<td>{_num(r.acc, '.1%')}</td><td>{_num(r.min_loss, '.3f')}</td>"
+        f"<td>{_num(r.irrelevant_share, '.3f')}</td></tr>"
         for r in rows)  # fmt: skip
     return ("<table><tr><th>round</th><th>model version</th><th>images with a mask</th><th>label fixes</th>"
             f"<th>test accuracy</th><th>min test loss</th><th>irrelevant share</th></tr>{body}</table>"

@@ -45,7 +45,7 @@ class BackendProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> "BackendProcess":
+    def start(self) -> BackendProcess:
         import gunicorn
 
         # gunicorn 27 opens a control socket at one fixed path per user: two backends would share it.

@@ -34,27 +34,14 @@ from trainer.core.progress import progress_bar
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one round trains. ``lam`` < 0 means automatic: set so the penalty equals CE at the round's first
-    penalised step (Ross et al. chose lambda so both terms have the same order of magnitude).
-    ``warmup_steps`` ramps lambda linearly from 0 over a round's first penalised steps: a model that leans
-    on a decoy starts with a huge penalty, and taking it at full weight at once can collapse the model to
-    uniform predictions (whose input gradient is zero everywhere). ``donors``: counterexamples take the
-    marked region from another image of the batch rather than a random level (see ``counterexample``).
-    ``penalty_every``: k > 1 draws the replay rows and takes the penalty on every k-th step only, at k times
-    the weight (the same expected gradient per epoch, about 1/k of the extra cost); ``warmup_steps`` then
-    still counts every step since the first penalised one. ``replay_weight``: each drawn row's CE counts as
-    that many batch rows (the penalty is a mean over the penalised rows, so it needs no such weight).
-    ``replay``, ``penalty_every`` and ``replay_weight`` left None are set for the model by ``for_model``
-    (``REPLAY_PLANS``): what a penalised step costs depends on whether the model has batch norm.
-    ``precision``: fp32, or bf16 (autocast forward passes; see ``trainer.core.models.autocast``).
-    ``lr_schedule``: ``cosine`` (the default): within each round the learning rate falls from ``lr`` to 0 along
-    a half cosine and starts again at ``lr`` the next round (see ``round_lr``), so a round ends at a settled
-    point rather than wherever its last epoch lands (README, "Why a round can end low"); or ``constant`` (``lr``
-    on every step, the default before).
-    ``lam`` 1 (it was 10): over the confounder family, both models, 3 seeds (README, "Lambda"), a larger lambda
-    slowed the unlearning of every shortcut but the corner patch (ResNet-18 at 112 px on frame-mnist-rgb,
-    seed 1: lambda 1, 3, 10, 100, 480 gave 0.982, 0.968, 0.737, 0.249, 0.117), and lambda 0 (counterexamples
-    alone) gave 0.784: the penalty helps, at a weight where it steers the weights without drowning CE."""
+    """How one round trains. ``lam`` < 0: set so the penalty equals CE at the round's first penalised step.
+    ``warmup_steps`` ramps lambda from 0 over a round's first penalised steps (at full weight at once a model
+    that leans on a decoy can collapse to uniform predictions). ``donors``: counterexamples take the marked
+    region from another image of the batch (``counterexample``). ``penalty_every`` k > 1: replay and penalty on
+    every k-th step at k times the weight. ``replay_weight``: each drawn row's CE counts as that many batch
+    rows. ``replay``, ``penalty_every``, ``replay_weight`` left None come from ``REPLAY_PLANS`` (``for_model``).
+    ``precision``: fp32 or bf16 autocast. ``lr_schedule``: ``cosine`` within each round (a round ends settled)
+    or ``constant``. Why each default (lambda 1, the cosine, the plans): docs/design.md and docs/history.md."""
 
     epochs: int = 3
     batch_size: int = 64
@@ -100,13 +87,9 @@ LR_SCHEDULES = ("constant", "cosine")
 # The replayed rows carry the CE of this many batch rows a step, on average, whatever their number: replay 16
 # at weight 1 was the default before the plans below, and fewer rows at a larger weight keep its expected step.
 REPLAY_CE_ROWS = 16
-# has batch norm -> (replay, penalty_every), measured on both models (README, "The replay plans"). Without batch
-# norm the replayed rows' CE comes from the penalty pass's own forward and a pass over a few rows is cheap: 6 rows
-# on every step cost a round 1.25 times a plain one against 1.53 for 16 (small CNN, this CPU), and lost 0.004 in
-# one round and at most 0.011 over five rounds of the family. With batch norm the rows join the batch's pass as
-# well, and the penalty pass over one row costs a quarter of a CE step already (ResNet-18, 56 px, this CPU): only
-# fewer penalised steps fit in 1.2, and 8 rows on every 4th step (1.14) lost 0.03 on texture-mnist-rgb over five
-# rounds and missed its bar, so batch-norm models keep 16 rows on every step.
+# has batch norm -> (replay, penalty_every). Without batch norm 6 rows on every step cost a round 1.25x a plain
+# one against 1.53x for 16, for 0.004 of accuracy; with batch norm fewer rows or fewer penalised steps lost the
+# texture over five rounds, so those models keep 16 (docs/speed.md, "The replay plans").
 REPLAY_PLANS = {False: (6, 1), True: (16, 1)}
 
 
@@ -159,7 +142,7 @@ class Labelled(Dataset):
         self.base, self.fixes = base, fixes
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base)  # type: ignore[arg-type]  # a map-style dataset has __len__
 
     def __getitem__(self, i: int):
         x, y, sid = self.base[i]
@@ -230,7 +213,8 @@ def train_round(
     world = parallel.world_size
     lam = cfg.lam if cfg.lam >= 0 else None  # None: set at the first step with annotated rows
     ramped = torch.zeros((), dtype=torch.float64, device=device)  # steps since the first with annotated rows
-    every = cfg.penalty_every
+    every, replay_weight = cfg.penalty_every, cfg.replay_weight
+    assert every is not None and replay_weight is not None  # for_model set them
     # Without batch norm a row's logits do not depend on the other rows, so the drawn rows' CE can come from
     # the penalty pass's forward (the same function: saves a forward and backward over them). With batch norm
     # that pass normalises them by their own few rows' statistics; taking their CE there measured worse (the
@@ -240,7 +224,7 @@ def train_round(
 
     def drawn_ce(logits_d: torch.Tensor, y_d: torch.Tensor) -> torch.Tensor:
         """The drawn rows' summed CE, each row counted as ``replay_weight`` batch rows."""
-        return cfg.replay_weight * F.cross_entropy(logits_d.float(), y_d, reduction="sum")
+        return replay_weight * F.cross_entropy(logits_d.float(), y_d, reduction="sum")
 
     step = 0
     probs = None
@@ -260,7 +244,7 @@ def train_round(
             else:
                 xa, ya, wa, n_drawn = x[:0], y[:0], torch.zeros(0, *x.shape[-2:]), 0
             # drawn rows join the batch's CE, each as replay_weight rows; its own annotated rows are in it already
-            n_rows = n_batch + cfg.replay_weight * n_drawn
+            n_rows = n_batch + replay_weight * n_drawn
             if n_drawn and not fold:  # batch norm: the drawn rows' CE in the batch, under the batch's statistics
                 x, y = torch.cat([x, xa[:n_drawn].to(device)]), torch.cat([y, ya[:n_drawn].to(device)])
             counts = parallel.all_reduce(torch.tensor([n_rows, len(xa)], dtype=torch.float64, device=device))
@@ -271,7 +255,8 @@ def train_round(
                 ce_sum = ce_sum + drawn_ce(logits[n_batch:], y[n_batch:])
             if score and epoch == cfg.epochs - 1:
                 if probs is None:
-                    probs = torch.full((len(train_set), logits.shape[1]), float("nan"), device=device)
+                    n_train = len(train_set)  # type: ignore[arg-type]  # a map-style dataset has __len__
+                    probs = torch.full((n_train, logits.shape[1]), float("nan"), device=device)
                 probs.index_copy_(0, torch.as_tensor(ids).to(device), torch.softmax(logits[:n_batch].detach(), 1))
             pen_sum = torch.zeros((), device=device)
             scale = torch.zeros((), dtype=torch.float64, device=device)  # ramp * lambda / M
@@ -359,12 +344,12 @@ class ReplayPool:
         rows = [self._row(i) for i in drawn + in_batch]
         if not rows:
             return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), 0
-        x, y, w = zip(*rows)
-        x, w = torch.stack(x), torch.stack(w)
+        xs, ys, ws = zip(*rows)
+        x, w = torch.stack(xs), torch.stack(ws)
         if drawn and self.counterexamples > 0:
             x[: len(drawn)] = counterexample(x[: len(drawn)], w[: len(drawn)], self.counterexamples, self.rng,
                                              donors=donors)  # fmt: skip
-        return x, torch.as_tensor(y), w, len(drawn)
+        return x, torch.as_tensor(ys), w, len(drawn)
 
 
 def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator, *,

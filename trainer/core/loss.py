@@ -51,17 +51,10 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
     """Batch norm for the penalty pass: the penalised rows' own batch statistics (as the CE pass uses its
     batch's), with the running statistics left untouched (momentum 0 for the pass).
 
-    Why not eval mode (the running statistics): the penalty is then taken on another function than the one
-    CE trains. CE in train mode cannot see a per-channel shift or scale of a batch norm's input (the batch
-    statistics divide them out); the eval-mode input gradient can, so the penalty moves the weights along
-    exactly those directions, CE does not resist, and the running statistics stop describing the activations:
-    the eval-mode model (the one evaluated and served) collapses. Measured at small scale
-    (``tests/core/test_loop.py::test_feedback_does_not_collapse_a_batchnorm_resnet``): with eval-mode batch
-    norm the eval-time inputs of the batch norms drifted 0.95 batch standard deviations from their running
-    means (|log variance ratio| 0.31) and accuracy fell 0.59 -> 0.11 over four rounds; with batch statistics
-    the drift was 0.07 (0.08) and accuracy rose to 0.82. With batch statistics the penalty is shift- and
-    scale-invariant like CE. A layer that would see one value per channel (a BatchNorm1d on one
-    row) falls back to its running statistics for that call.
+    Why not eval mode: the penalty would be taken on another function than the one CE trains, along
+    directions (a per-channel shift or scale) CE cannot see, and the served eval-mode model collapses (toy ResNet,
+    four rounds: 0.59 -> 0.11 in eval mode, 0.59 -> 0.82 with batch statistics; docs/design.md). A layer that
+    would see one value per channel (a BatchNorm1d on one row) falls back to its running statistics.
     """
     bns = batchnorms(model)
     saved = [(m, m.training, m.momentum) for m in bns]
@@ -81,7 +74,7 @@ def penalty_batchnorm(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def batchnorms(model: nn.Module) -> list[nn.Module]:
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch-norm layers of ``model`` (a row's output depends on the other rows through them)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 

@@ -119,8 +119,9 @@ def select(
     return order[:budget].astype(np.int64)
 
 
-# A sampler maps (probs (M, K), labels (M,), rng) of the M selectable images to (M,) sort keys, least significant first; a smaller key
-# is picked earlier. The dict is the registry: it names the strategies, validates them and dispatches.
+# A sampler maps (probs (M, K), labels (M,), rng) of the M selectable images to (M,) sort keys, least significant
+# first; a smaller key is picked earlier. The dict is the registry: it names the strategies, validates them and
+# dispatches.
 SortKeys = Callable[[torch.Tensor, torch.Tensor, np.random.Generator], list[np.ndarray]]
 
 

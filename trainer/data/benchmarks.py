@@ -58,7 +58,7 @@ class TensorDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         return self.images[i], int(self.labels[i]), int(i)
 
-    def subset(self, ids: np.ndarray) -> "TensorDataset":
+    def subset(self, ids: np.ndarray) -> TensorDataset:
         """A new dataset of the given rows; sample ids are renumbered 0..len(ids)-1."""
         ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
         masks = None if self.decoy_masks is None else self.decoy_masks[ids]
