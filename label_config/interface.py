@@ -251,8 +251,8 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     controls = list(interface.controls or [])
     choices = [c for c in controls if c.tag.lower() == "choices"]
     candidates = [c for c in choices if c.name not in OUR_OTHER_CHOICES and c.to_name[0] in image_names]
-    picked = next(c for c in choices if c.name == _pick_class_control(candidates, choices, class_control,
-                                                                    image_names))
+    picked_name = _pick_class_control(candidates, choices, class_control, image_names)
+    picked = next(c for c in choices if c.name == picked_name)
     control_names = {c.name for c in controls}
     options, problems = _options(root, picked.name, control_names)
     if picked.dynamic_value:
