@@ -93,8 +93,13 @@ def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangl
         raise ValueError(f"the snippet must point at one Image of the config (images: {sorted(images)}), "
                          f"it points at {sorted(targets)}")
     image = images[next(iter(targets))]
-    _indent(piece, (image.tail or "\n").rpartition("\n")[2])
-    piece.tail = image.tail
+    previous = image.getprevious()
+    before = (previous.tail if previous is not None else image.getparent().text) or ""
+    if "\n" in before and not before.strip():  # sit at the Image's depth, on a line of its own
+        _indent(piece, before.rpartition("\n")[2])
+        piece.tail, image.tail = image.tail, before
+    else:
+        piece.tail = image.tail
     image.addnext(piece)
     return etree.tostring(root, encoding="unicode")
 
