@@ -46,8 +46,8 @@ _OPTION_TAGS = ("Choice", "Label")
 class ProjectConfigError(ValueError):
     """A config the backend cannot serve; ``problems`` names each thing missing or wrong."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = tuple(problems)
+    def __init__(self, *problems: str):
+        self.problems = problems
         super().__init__("label config cannot be used: " + "; ".join(problems))
 
 
@@ -160,11 +160,11 @@ def label_kind(option: Option) -> str | None:
 def _canonical_tree(xml: str) -> etree._Element:
     """The config as an lxml tree with the tags and attributes we read respelled canonically."""
     if not isinstance(xml, str) or not xml.strip():
-        raise ProjectConfigError(["the config is empty"])
+        raise ProjectConfigError("the config is empty")
     try:
         root = etree.fromstring(xml.encode(), parser=etree.XMLParser(resolve_entities=False, no_network=True))
     except etree.XMLSyntaxError as exc:
-        raise ProjectConfigError([f"the XML does not parse: {exc}"]) from exc
+        raise ProjectConfigError(f"the XML does not parse: {exc}") from exc
     for el in root.iter(tag=etree.Element):
         el.tag = _CANONICAL.get(el.tag.lower(), el.tag)
         for key in [k for k in el.attrib if k.lower() in _CANONICAL_ATTRS and k not in _CANONICAL_ATTRS.values()]:
@@ -201,24 +201,24 @@ def _pick_class_control(candidates: list, choices: list, class_control: str | No
     """The name of the Choices holding the classes (rule in ``parse_project_config``); raises with the reason."""
     if class_control is not None:
         if class_control not in {c.name for c in choices}:
-            raise ProjectConfigError([f"class_control={class_control!r} is not a Choices in the config "
-                                      f"(Choices: {[c.name for c in choices]})"])
+            raise ProjectConfigError(f"class_control={class_control!r} is not a Choices in the config "
+                                      f"(Choices: {[c.name for c in choices]})")
         if class_control not in {c.name for c in candidates}:
-            raise ProjectConfigError([f"Choices {class_control!r} is not over an Image (images: {sorted(images)})"])
+            raise ProjectConfigError(f"Choices {class_control!r} is not over an Image (images: {sorted(images)})")
         return class_control
     if not candidates:
         elsewhere = [f"Choices {c.name!r} points at {c.to_name} (not an Image)" for c in choices
                      if c.name not in OUR_OTHER_CHOICES]
-        raise ProjectConfigError(elsewhere or ['no Choices control over an Image to hold the classes (add e.g. '
-                                               '<Choices name="choice" toName="image"> with one <Choice value="..."/> '
-                                               'per class)'])
+        missing = ('no Choices control over an Image to hold the classes (add e.g. <Choices name="choice" '
+                   'toName="image"> with one <Choice value="..."/> per class)')
+        raise ProjectConfigError(*(elsewhere or [missing]))
     if len(candidates) > 1:
         # A one-Choice Choices is a checkbox (a flag such as "unsure"), not a class list.
         lists = [c for c in candidates if len(c.labels or []) != 1]
         candidates = lists if len(lists) == 1 else candidates
     if len(candidates) > 1:
-        raise ProjectConfigError([f"several Choices over an Image could hold the classes: "
-                                  f"{[c.name for c in candidates]}; pass class_control=<name>"])
+        raise ProjectConfigError(f"several Choices over an Image could hold the classes: "
+                                  f"{[c.name for c in candidates]}; pass class_control=<name>")
     return candidates[0].name
 
 
@@ -234,19 +234,19 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     try:
         interface = LabelInterface(etree.tostring(root, encoding="unicode"))
     except Exception as exc:  # the SDK raises bare Exception subclasses
-        raise ProjectConfigError([f"label-studio-sdk could not parse the config: {exc}"]) from exc
+        raise ProjectConfigError(f"label-studio-sdk could not parse the config: {exc}") from exc
     names = [el.get("name") for el in root.iter(tag=etree.Element) if el.get("name") and el.tag not in _OPTION_TAGS]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:  # the SDK keys tags by name and would silently keep the last one
-        raise ProjectConfigError([f"names used by more than one tag: {repeated}"])
+        raise ProjectConfigError(f"names used by more than one tag: {repeated}")
     objects = {o.name: o for o in (interface.objects or [])}
     images = tuple(
         ImageObject(o.name, o.value_name if o.value_is_variable else None, "valueList" in o.attr)
         for o in objects.values() if o.tag.lower() == "image"
     )
     if not images:
-        raise ProjectConfigError([f'no Image object (add e.g. <Image name="image" value="$image"/>); objects: '
-                                  f"{sorted(objects)}"])
+        raise ProjectConfigError(f'no Image object (add e.g. <Image name="image" value="$image"/>); objects: '
+                                  f"{sorted(objects)}")
     image_names = {i.name for i in images}
     controls = list(interface.controls or [])
     choices = [c for c in controls if c.tag.lower() == "choices"]
@@ -266,7 +266,7 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     if image.data_key is None:
         problems.append(f"Image {image.name!r} reads no task-data key (expected value=\"$<key>\")")
     if problems:
-        raise ProjectConfigError(problems)
+        raise ProjectConfigError(*problems)
     regions = tuple(
         RegionControl(c.name, c.tag.lower(), c.to_name[0], tuple(_options(root, c.name, control_names)[0]))
         for c in controls if c.tag.lower() in REGION_TAGS and c.to_name[0] in image_names
@@ -290,11 +290,11 @@ def choices_result(config: ProjectConfig, class_index: int, score: float | None 
 
 def classes_from_result(config: ProjectConfig, result: list[dict]) -> tuple[int, ...]:
     """Every class index an annotation's ``result`` chose in the class control, in first-seen order."""
-    if not isinstance(result, list):
-        raise ValueError(f"result must be a list of result items, got {type(result).__name__}")
+    if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
+        raise ValueError(f"result must be a list of result items, got {str(result)[:60]!r}")
     found: dict[int, None] = {}
     for item in result:
-        if isinstance(item, dict) and item.get("from_name") == config.classes.name:
+        if item.get("from_name") == config.classes.name:
             for label in (item.get("value") or {}).get("choices") or []:
                 found[config.classes.index(label)] = None
     return tuple(found)

@@ -63,9 +63,8 @@ def _indent(piece: etree._Element, indent: str) -> None:
     for el in piece.iter():
         for attr in ("text", "tail"):
             text = getattr(el, attr)
-            if el is not piece or attr == "text":
-                if text and not text.strip() and "\n" in text:
-                    setattr(el, attr, text.replace("\n", "\n" + indent))
+            if (el is not piece or attr == "text") and text and not text.strip() and "\n" in text:
+                setattr(el, attr, text.replace("\n", "\n" + indent))
 
 
 def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangle") -> str:

@@ -23,7 +23,15 @@ from label_config.interface import (
     label_kind,
     parse_project_config,
 )
-from label_config.names import CELL_POINT, CELL_RECT, CELL_RECT_LABEL, CORRECT_LABEL, IMAGE, SALIENCY, SALIENCY_KEY
+from label_config.names import (
+    CELL_POINT,
+    CELL_RECT,
+    CELL_RECT_LABEL,
+    CORRECT_LABEL,
+    IMAGE,
+    SALIENCY,
+    SALIENCY_KEY,
+)
 
 # Label Studio's "Image Classification" template as its UI offers it (and the principal issue quotes it).
 STOCK = ('<View><Image name="image" value="$image"/><Choices name="choice" toName="image">'
@@ -85,10 +93,10 @@ def test_every_region_tool_over_the_image_is_found(tag):
 
 
 def test_the_feedback_tool_prefers_rectangles_and_skips_a_detection_tool():
-    xml = STOCK.replace("</View>", '<RectangleLabels name="boxes" toName="image"><Label value="Cat"/></RectangleLabels>'
-                                    '<KeyPointLabels name="pts" toName="image"><Label value="ignore"/></KeyPointLabels>'
-                                    '<PolygonLabels name="poly" toName="image"><Label value="artifacts"/></PolygonLabels>'
-                                    "</View>")
+    tools = ('<RectangleLabels name="boxes" toName="image"><Label value="Cat"/></RectangleLabels>'
+             '<KeyPointLabels name="pts" toName="image"><Label value="ignore"/></KeyPointLabels>'
+             '<PolygonLabels name="poly" toName="image"><Label value="artifacts"/></PolygonLabels>')
+    xml = STOCK.replace("</View>", tools + "</View>")
     config = parse_project_config(xml)
     assert [r.name for r in config.regions] == ["boxes", "pts", "poly"]
     assert config.feedback.name == "poly"  # "boxes" marks a class, not feedback
@@ -125,8 +133,8 @@ def test_class_control_picks_among_several_lists():
     ("<View><Image", "the XML does not parse"),
     ("<View><Text name='t' value='$t'/></View>", r"no Image object .*objects: \['t'\]"),
     ('<View><Image name="image" value="$image"/></View>', "no Choices control over an Image"),
-    ('<View><Image name="image" value="$image"/><Text name="txt" value="$text"/><Choices name="c" toName="txt">'
-     '<Choice value="A"/></Choices></View>', r"Choices 'c' points at \['txt'\] \(not an Image\)"),
+    (('<View><Image name="image" value="$image"/><Text name="txt" value="$text"/><Choices name="c" toName="txt">'
+      '<Choice value="A"/></Choices></View>'), r"Choices 'c' points at \['txt'\] \(not an Image\)"),
     ('<View><Image name="image" value="$image"/><Choices name="c" toName="image"/></View>',
      r"Choices 'c' has no <Choice> \(no classes\)"),
     (STOCK.replace('value="Dog"', 'value="Cat"'), r"names classes more than once: \['Cat'\]"),
@@ -158,8 +166,8 @@ def test_choices_result_round_trips_and_label_studio_accepts_it(xml):
     for k in range(len(config.classes.options)):
         item = choices_result(config, k, score=0.25)
         assert item["value"] == {"choices": [config.classes.options[k].stored]} and item["score"] == 0.25
-        assert (item["from_name"], item["to_name"], item["type"]) == (config.classes.name, config.image.name,
-                                                                      "choices")
+        names = (config.classes.name, config.image.name, "choices")
+        assert (item["from_name"], item["to_name"], item["type"]) == names
         assert LabelInterface(xml).validate_prediction({"result": [item], "score": 0.25})
         assert class_from_result(config, [{"from_name": "other", "value": {"choices": ["x"]}}, item]) == k
 
@@ -182,6 +190,7 @@ def test_class_from_result_reads_aliases_and_shown_values(labels, expected):
     ([_result("species", "wolf")], r"'wolf' is not one of the classes \['cat', 'Dog', 'fox'\]"),
     ([_result("species", "cat"), _result("species", "fox")], r"several classes chosen: \['cat', 'fox'\]"),
     ({"result": []}, "result must be a list"),
+    (["not an item"], "result must be a list"),
 ])
 def test_class_from_result_names_what_is_wrong(result, error):
     with pytest.raises(ValueError, match=error):
