@@ -19,6 +19,7 @@ from trainer.app import (
     bench_round,
     commands,
     compare,
+    config_cmd,
     demo,
     experiment,
     report,
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     report.register(sub)
     compare.register(sub)
+    config_cmd.register(sub)
     demo.register(sub)
     experiment.register(sub)
     benches = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
