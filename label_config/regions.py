@@ -138,10 +138,14 @@ def fill_polygon(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> np.
     rows = r_lo[edge] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     yc = rows + 0.5
     x = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-    # A crossing at x flips every pixel whose centre is at or right of it.
+    # A crossing at x flips every pixel whose centre is at or right of it; only the rows the polygon spans.
     cols = np.clip(np.ceil(x - 0.5), 0, width).astype(np.int64)
-    flips = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
-    return (np.cumsum(flips.reshape(height, width + 1), axis=1)[:, :width] % 2).astype(bool)
+    mask = np.zeros((height, width), dtype=bool)
+    if len(rows):
+        top, bottom = int(rows.min()), int(rows.max()) + 1
+        flips = np.bincount((rows - top) * (width + 1) + cols, minlength=(bottom - top) * (width + 1))
+        mask[top:bottom] = np.cumsum(flips.reshape(bottom - top, width + 1), axis=1)[:, :width] % 2 == 1
+    return mask
 
 
 def _shape_mask(xs: np.ndarray, ys: np.ndarray, centre: tuple[float, float], height: int, width: int):
