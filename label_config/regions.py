@@ -344,7 +344,8 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
         while len(contour) > MAX_POLYGON_POINTS:
             contour, epsilon = cv2.approxPolyDP(contour, epsilon, True), 2 * epsilon
         xy = (contour[:, 0, :].astype(np.float64) + 0.5) / 3.0  # model pixels
-        polygons.append((xy * [100.0 / width, 100.0 / height]).tolist())
+        if len(xy) >= 3:  # a simplified outline may collapse to a line
+            polygons.append((xy * [100.0 / width, 100.0 / height]).tolist())
     return polygons
 
 
