@@ -11,8 +11,11 @@ pixels (so the image's aspect ratio matters).
 The pixel rule: model pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)`` and is in a shape when its centre
 ``(c + 0.5, r + 0.5)`` is, with half-open edges (a centre on a left/top edge is in, on a right/bottom edge
 out). So a cell-sized rectangle covers exactly its cell's pixels whatever the float noise (its edges sit half
-a pixel from every centre), and a shape that covers no pixel centre becomes the one pixel under its centre,
-as ``rasterise`` makes a zero-size rectangle the cell under it: a mark is never lost.
+a pixel from every centre) on a grid that divides the image (elsewhere ``Grid.cell_box_percent`` and the
+grid's pixel cells differ by under a pixel), and a shape that covers no pixel centre becomes the one pixel
+under its centre, as ``rasterise`` makes a zero-size rectangle the cell under it: a mark is never lost.
+A brush stroke is decoded at the original size by the SDK, a pixel counted from alpha 128, and resampled
+by the same rule: each model pixel takes the original pixel under its centre.
 """
 
 from __future__ import annotations
