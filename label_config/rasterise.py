@@ -12,6 +12,7 @@ works in cell units, where cell ``(r, c)`` is ``[c, c + 1) x [r, r + 1)``.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,19 +25,39 @@ from label_config.names import CORRECT_LABEL, LABEL_CHECK, LABEL_OK, SKIP
 COORD_SLOP = 0.05  # percent: LS float noise (or a rotated corner) may poke out this far; clipped
 MIN_OVERLAP = 1e-6  # fraction of a cell: less overlap is rounding noise at a cell border, not a mark
 _SNAP = 1e-7  # cell units: a point this close to a cell border is on it (then it belongs to the next cell)
+# Items (regions and choices) in one result. The finest grid people label (28 x 28 cells on a 224 px image) has
+# 784 cells, so 1,000 leaves room for one region per cell and the choices; rasterising 1,000 rotated rectangles
+# on that grid takes about 3 s, where the 28,000 a real annotation held took minutes.
+MAX_REGIONS = 1000
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 40, 40, 4, 4, 2
+
+
+def _show(raw) -> str:
+    """A short repr of a bad value for an error message: whatever was sent, it stays a line."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 64:
+        return f"an integer of about {int(raw.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        return _SHOW.repr(raw)[:80]
+    except (ValueError, RecursionError):  # an int too long to print, nested in a list
+        return f"a {type(raw).__name__}"
 
 
 def _where(task_id, annotation_id, item: dict) -> str:
-    return f"task {task_id}, annotation {annotation_id}, region {item.get('id')!r}"
+    return f"task {task_id}, annotation {annotation_id}, region {_show(item.get('id'))}"
 
 
 def _number(value: dict, key: str, where: str, default: float | None = None) -> float:
     raw = value.get(key, default)
     if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{where}: {key} must be a number, got {raw!r}")
-    if not math.isfinite(raw):
-        raise ValueError(f"{where}: {key} must be finite, got {raw!r}")
-    return float(raw)
+        raise ValueError(f"{where}: {key} must be a number, got {_show(raw)}")
+    try:
+        number = float(raw)
+    except OverflowError:  # JSON and Label Studio take 10**400; a float cannot hold it
+        raise ValueError(f"{where}: {key} is too large, got {_show(raw)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {key} must be finite, got {_show(raw)}")
+    return number
 
 
 def _value(item: dict, where: str) -> dict:
@@ -45,14 +66,27 @@ def _value(item: dict, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: value must be an object, got {type(value).__name__} {str(value)[:40]!r}")
+        raise ValueError(f"{where}: value must be an object, got {type(value).__name__} {_show(value)}")
     return value
 
 
 def _items(result, where: str) -> list[dict]:
-    if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
-        raise ValueError(f"{where}: result must be a list of objects, got {str(result)[:60]!r}")
+    """A result: a list of at most MAX_REGIONS objects (counted first: the cap bounds the work that follows)."""
+    if not isinstance(result, list):
+        raise ValueError(f"{where}: result must be a list of objects, got {_show(result)}")
+    if len(result) > MAX_REGIONS:
+        raise ValueError(f"{where}: result has {len(result)} regions, at most {MAX_REGIONS} are read")
+    if not all(isinstance(item, dict) for item in result):
+        raise ValueError(f"{where}: result must be a list of objects, got {_show(result)}")
     return result
+
+
+def _kind(item: dict, where: str) -> str:
+    """A region's ``type``, lower case ('' when absent)."""
+    kind = item.get("type", "")
+    if not isinstance(kind, str):
+        raise ValueError(f"{where}, region {_show(item.get('id'))}: type must be a string, got {_show(kind)}")
+    return kind.lower()
 
 
 def _cos_sin(degrees: float) -> tuple[float, float]:
@@ -79,17 +113,20 @@ def _rect_corners(item: dict, grid: Grid, where: str) -> tuple[np.ndarray, bool]
     if img_w <= 0 or img_h <= 0:
         raise ValueError(f"{where}: original size must be positive, got {img_w!r} x {img_h!r}")
     cos, sin = _cos_sin(rot)
-    # Rotate in pixels (aspect matters), then back to percent.
-    dx = np.array([0.0, w, w, 0.0]) * img_w / 100.0
-    dy = np.array([0.0, 0.0, h, h]) * img_h / 100.0
-    px = x + (dx * cos - dy * sin) * 100.0 / img_w
-    py = y + (dx * sin + dy * cos) * 100.0 / img_h
+    # Rotate in pixels (aspect matters), then back to percent. Overflow (1e308 %) is caught as not finite.
+    with np.errstate(over="ignore", invalid="ignore"):
+        dx = np.array([0.0, w, w, 0.0]) * img_w / 100.0
+        dy = np.array([0.0, 0.0, h, h]) * img_h / 100.0
+        px = x + (dx * cos - dy * sin) * 100.0 / img_w
+        py = y + (dx * sin + dy * cos) * 100.0 / img_h
     corners = np.stack([px, py], axis=1)
     _check_range(corners, where)
     return corners, cos * sin == 0.0
 
 
 def _check_range(points: np.ndarray, where: str) -> None:
+    if not np.isfinite(points).all():  # a huge width or size overflowed once turned into pixels
+        raise ValueError(f"{where}: coordinates {points.tolist()} are not finite")
     bad = (points < -COORD_SLOP) | (points > 100.0 + COORD_SLOP)
     if bad.any():
         raise ValueError(f"{where}: coordinates {points[bad.any(axis=1)].round(4).tolist()} fall outside 0..100 %")
@@ -177,10 +214,11 @@ def regions_to_cells(
     """
     cells = np.zeros(grid.shape, dtype=bool)
     for item in _items(result, f"task {task_id}, annotation {annotation_id}"):
-        kind = str(item.get("type", "")).lower()
+        kind = _kind(item, f"task {task_id}, annotation {annotation_id}")
         if kind not in RECT_TAGS + POINT_TAGS:
             continue
-        if to_names is not None and item.get("to_name") not in to_names:
+        to_name = item.get("to_name")
+        if to_names is not None and (not isinstance(to_name, str) or to_name not in to_names):
             continue
         where = _where(task_id, annotation_id, item)
         if kind in RECT_TAGS:
@@ -201,9 +239,9 @@ def regions_without_cells(result: list[dict]) -> list[str]:
     annotator's marks the rasteriser cannot read, to report rather than count as "nothing marked"."""
     found = []
     for item in _items(result, "result"):
-        kind = str(item.get("type", "")).lower()
+        kind = _kind(item, "result")
         if kind and kind not in RECT_TAGS + POINT_TAGS + NON_REGION_TYPES:
-            found.append(kind)
+            found.append(kind[:40])  # a type is any string a client sent: keep the warning a line
     return found
 
 
@@ -221,10 +259,10 @@ def _choices(result: list[dict], name: str | None, where: str) -> list[str]:
         return []
     found: list[str] = []
     for item in result:
-        if item.get("from_name") == name and str(item.get("type", "")).lower() == "choices":
+        if item.get("from_name") == name and _kind(item, where) == "choices":
             chosen = _value(item, where).get("choices", [])
-            if not isinstance(chosen, list):
-                raise ValueError(f"{where}: choices of {name!r} must be a list, got {chosen!r}")
+            if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
+                raise ValueError(f"{where}: choices of {name!r} must be a list of strings, got {_show(chosen)}")
             found.extend(chosen)
     return found
 

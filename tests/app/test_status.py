@@ -153,3 +153,23 @@ def test_status_against_label_studio(fresh_run, ls_client, label_studio, monkeyp
     print(text)
     assert "0 annotations not pulled yet" in text
     assert "budget: 2 of 3 images annotated (67%): 3 per round x 1 round" in text
+
+
+def test_status_shows_the_last_pull_and_its_invalid_annotations(offline_run, capsys):
+    run, _ = offline_run
+    assert main(["status", str(run.directory)]) == 0
+    assert "last pull: none yet" in capsys.readouterr().out
+    invalid = [{"task_id": 50 + i, "annotation_id": 70 + i, "reason": f"task {50 + i}, annotation {70 + i}: bad x"}
+               for i in range(23)]  # fmt: skip
+    counts = dict(new=3, updated=0, unchanged=0, skipped=1, deleted=0, ignored=0, invalidated=0)
+    run.ledger.record_pull(5, started_at="2024-01-01T00:00:00Z", counts=counts, invalid=invalid,
+                           warnings=["task 52, annotation 3: polygonlabels regions mark no cells"])  # fmt: skip
+    assert main(["status", str(run.directory)]) == 0
+    text = capsys.readouterr().out
+    assert "(project 5): 3 new, 0 updated, 0 unchanged, 0 deleted, 23 invalid, 1 warnings" in text
+    assert "  invalid annotation: task 50, annotation 70: bad x" in text and "annotation 89: bad x" in text
+    assert "annotation 90:" not in text and "... and 3 more (hitl pull lists them all)" in text
+    assert "  warning: task 52, annotation 3: polygonlabels regions mark no cells" in text
+    assert main(["status", str(run.directory), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)["last_pull"]
+    assert last == run.ledger.last_pull(5) and last["counts"]["invalid"] == 23 and len(last["invalid"]) == 20

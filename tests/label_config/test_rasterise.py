@@ -23,10 +23,12 @@ from label_config.names import (
     SKIP_CHOICE,
 )
 from label_config.rasterise import (
+    MAX_REGIONS,
     AnnotationFeedback,
     combine_cells,
     parse_annotation,
     regions_to_cells,
+    regions_without_cells,
 )
 
 # Square cells in pixels (as LS's grid needs), including a non-square image and a grid that does
@@ -309,3 +311,76 @@ def test_huge_rotation_is_taken_modulo_360():
 
     turned = 1e20 % 360.0  # what a rotation of 1e20 degrees is
     assert np.array_equal(cells(1e20), cells(turned)) and not np.array_equal(cells(1e20), cells(0.0))
+
+
+# --- malformed results: only ValueErrors that name the annotation (a pull records them and goes on) ---------
+
+HUGE = 10**400  # JSON (and Label Studio 1.23) accept it; a float cannot hold it
+
+
+@pytest.mark.parametrize("result, problem", [
+    ([{"type": "choices", "from_name": CORRECT_LABEL, "value": {"choices": [{"a": 1}]}}], "strings"),
+    ([{"type": "choices", "from_name": CORRECT_LABEL, "value": {"choices": [["one"], ["two"]]}}], "strings"),
+    ([{"type": "choices", "from_name": SKIP, "value": {"choices": [None]}}], "strings"),
+    ([rect(HUGE, 10.0, 10.0, 10.0)], "too large"),
+    ([rect(10.0, 10.0, 10.0, HUGE)], "too large"),
+    ([rect(10.0, 10.0, 10.0, 10.0, HUGE)], "too large"),
+    ([rect(10.0, 10.0, 10.0, 10.0, original_width=HUGE)], "too large"),
+    ([point(-HUGE, 5.0)], "too large"),
+    ([rect(10.0, 10.0, 1e308, 1e308, 30.0, original_width=28, original_height=28)], "finite|outside"),
+    ([{"type": ["rectanglelabels"], "value": {}}], "type"),
+    ([{"id": {"nested": [HUGE]}, "type": "rectanglelabels", "value": {"x": [HUGE]}}], "number"),
+])  # fmt: skip
+def test_malformed_results_found_on_a_real_label_studio_are_value_errors(result, problem):
+    """Label Studio 1.23 stores each of these (201); they raised TypeError or OverflowError, which stopped the pull."""
+    with pytest.raises(ValueError, match=problem) as err:
+        parse_annotation(result, Grid(28, 28, 7, 7), CLASSES, task_id=3, annotation_id=9)
+    assert "task 3, annotation 9" in str(err.value) and len(str(err.value)) < 400
+
+
+def test_an_annotation_over_the_region_cap_is_refused_before_rasterising():
+    result = [rect(10.0, 10.0, 10.0, 10.0, 30.0, rid=f"r{i}") for i in range(MAX_REGIONS + 1)]
+    with pytest.raises(ValueError, match=f"{MAX_REGIONS + 1} regions.*at most {MAX_REGIONS}") as err:
+        parse_annotation(result, Grid(224, 224, 28, 28), CLASSES, task_id=3, annotation_id=9)
+    assert "task 3, annotation 9" in str(err.value)
+    assert parse_annotation(result[:MAX_REGIONS], Grid(28, 28, 7, 7), CLASSES).cells.any()
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400).map(lambda n: -n),
+    st.just(HUGE), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+)
+_GARBAGE = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
+_NUMBERISH = st.one_of(st.floats(-10, 110), st.just(HUGE), _GARBAGE)  # HUGE on its own: it slipped through
+
+
+@st.composite
+def _malformed_item(draw):
+    """A result item near a real one: the right keys with garbage (or missing) values, or garbage outright."""
+    kind = draw(st.sampled_from(["rectanglelabels", "rectangle", "keypointlabels", "choices", "polygonlabels"]))
+    keys = {"rectanglelabels": ["x", "y", "width", "height", "rotation"], "rectangle": ["x", "y", "width", "height"],
+            "keypointlabels": ["x", "y", "width"], "polygonlabels": ["points"], "choices": ["choices"]}[kind]
+    value = {k: draw(_NUMBERISH) for k in keys if draw(st.booleans()) or kind == "choices"}
+    if kind == "choices":
+        value["choices"] = draw(st.one_of(st.lists(st.one_of(st.sampled_from(CLASSES + [SKIP_CHOICE, LABEL_OK]),
+                                                             _GARBAGE), max_size=3), _GARBAGE))
+    item = {"id": draw(_GARBAGE), "type": draw(st.one_of(st.just(kind), _GARBAGE)),
+            "from_name": draw(st.sampled_from([CORRECT_LABEL, LABEL_CHECK, SKIP, CELL_RECT])),
+            "value": draw(st.one_of(st.just(value), _GARBAGE))}
+    for key in ("original_width", "original_height"):
+        if draw(st.booleans()):
+            item[key] = draw(st.one_of(st.integers(1, 2000), _GARBAGE))
+    return draw(st.one_of(st.just(item), _GARBAGE))
+
+
+@settings(max_examples=400, deadline=None)
+@given(result=st.one_of(st.lists(_malformed_item(), max_size=4), _GARBAGE))
+def test_fuzzed_results_parse_or_raise_a_value_error_naming_the_annotation(result):
+    grid = Grid(28, 28, 7, 7)
+    for read, where in ((lambda: parse_annotation(result, grid, CLASSES, task_id=3, annotation_id=9),
+                         "task 3, annotation 9"), (lambda: regions_without_cells(result), "result")):  # fmt: skip
+        try:
+            read()
+        except ValueError as exc:
+            assert str(exc).startswith(where) and len(str(exc)) < 400

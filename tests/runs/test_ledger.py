@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 
 from label_config.grid import Grid
 from trainer.runs.ledger import (
+    LINE_CHARS,
+    LISTED,
+    PULLS_KEPT,
     SCHEMA_VERSION,
     Ledger,
     pack_cells,
@@ -257,3 +262,56 @@ def test_a_process_killed_mid_transaction_leaves_nothing_half_written(tmp_path):
         assert [t.task_id for t in led.pushed_tasks(1)] == [10]
         assert led.consumed_annotation_ids() == set()
         assert led._query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+# --- pulls: the record of each pull, and one pull at a time ------------------------------------------------
+
+COUNTS = dict(new=2, updated=0, unchanged=1, skipped=0, deleted=0, ignored=0, invalidated=1)
+
+
+def test_last_pull_is_the_newest_pulls_bounded_json_record(ledger):
+    assert ledger.last_pull() is None
+    invalid = [{"task_id": 10 + i, "annotation_id": 20 + i, "reason": f"task {10 + i}, annotation {20 + i}: " + "x" * 999}
+               for i in range(LISTED + 5)]  # fmt: skip
+    ledger.record_pull(5, started_at=T0, counts=COUNTS, invalid=invalid, warnings=["w1", "w2"])
+    ledger.record_pull(6, started_at=T0 + timedelta(minutes=1), counts={**COUNTS, "new": 7}, invalid=[],
+                       warnings=[])  # fmt: skip
+    newest, of_5 = ledger.last_pull(), ledger.last_pull(5)
+    assert newest["project_id"] == 6 and newest["counts"]["new"] == 7 and newest["invalid"] == []
+    assert of_5["started_at"] == utc_timestamp(T0) and of_5["finished_at"] >= of_5["started_at"]
+    assert of_5["counts"] == {**COUNTS, "invalid": LISTED + 5, "warnings": 2}
+    assert [(i["task_id"], i["annotation_id"]) for i in of_5["invalid"]] == [(10 + i, 20 + i) for i in range(LISTED)]
+    assert all(len(i["reason"]) == LINE_CHARS for i in of_5["invalid"]) and of_5["warnings"] == ["w1", "w2"]
+    assert json.loads(json.dumps(of_5)) == of_5 and len(json.dumps(of_5)) < 10_000
+    assert ledger.last_pull(99) is None
+
+
+def test_only_the_newest_pulls_are_kept(ledger):
+    for i in range(PULLS_KEPT + 3):
+        ledger.record_pull(1, started_at=T0, counts={**COUNTS, "new": i}, invalid=[], warnings=[])
+    assert ledger._query("SELECT COUNT(*) FROM pulls")[0][0] == PULLS_KEPT
+    assert ledger.last_pull()["counts"]["new"] == PULLS_KEPT + 2
+
+
+def test_pull_lock_lets_one_pull_in_at_a_time(tmp_path):
+    """Two ledgers on one file (as two processes), and two threads on one ledger, take turns."""
+    first, second = Ledger(tmp_path / "run"), Ledger(tmp_path / "run")
+    order = []
+
+    def other(ledger):
+        with ledger.pull_lock():
+            order.append("other")
+
+    for ledger in (first, second):
+        with first.pull_lock():
+            thread = threading.Thread(target=other, args=(ledger,))
+            thread.start()
+            thread.join(0.5)  # it waits for the lock
+            assert thread.is_alive()
+            order.append("holder")
+        thread.join(5)
+        assert order[-2:] == ["holder", "other"]
+    with first.pull_lock():
+        with pytest.raises(TimeoutError, match=rf"pid {os.getpid()}.*over 0 s"):
+            with second.pull_lock(wait_s=0.2):
+                pass

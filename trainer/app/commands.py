@@ -198,11 +198,10 @@ def _push(args) -> int:
 def _pull(args) -> int:
     run, client, link = _open(args, linking=False)
     report = pull(run, client, link.project_id, mode=args.mode, progress=True)
-    print(f"pulled {report.summary()}; {len(report.feedback.annotated_ids())} images with a mask W")
-    for error in report.errors:
-        print(f"  skipped a bad annotation: {error}", file=sys.stderr)
-    for warning in report.warnings:
-        print(f"  warning: {warning}", file=sys.stderr)
+    summary, *details = report.lines()
+    print(f"{summary}; {len(report.feedback.annotated_ids())} images with a mask W")
+    for line in details:
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -261,7 +260,20 @@ def render_status(s: RunStatus) -> str:
     if s.backend is not None:
         k = s.backend
         lines.append(f"backend {k.url}: " + (k.error or f"model_version {k.model_version}, training {k.training}"))
-    return "\n".join(lines)
+    return "\n".join(lines + render_last_pull(s.last_pull))
+
+
+def render_last_pull(last: dict | None) -> list[str]:
+    """``Ledger.last_pull`` as lines: when, the counts, then each invalid annotation and warning kept."""
+    if last is None:
+        return ["last pull: none yet"]
+    counts = last["counts"]
+    head = ", ".join(f"{counts[k]} {k}" for k in ("new", "updated", "unchanged", "deleted", "invalid", "warnings"))
+    lines = [f"last pull {last['finished_at']} (project {last['project_id']}): {head}"]
+    lines += [f"  invalid annotation: {i['reason']}" for i in last["invalid"]]  # the reason names task and annotation
+    lines += [f"  warning: {w}" for w in last["warnings"]]
+    hidden = counts["invalid"] - len(last["invalid"]) + counts["warnings"] - len(last["warnings"])
+    return lines + ([f"  ... and {hidden} more (hitl pull lists them all)"] if hidden else [])
 
 
 def _table(head: tuple, rows: list[tuple]) -> list[str]:

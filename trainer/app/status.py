@@ -129,6 +129,7 @@ class RunStatus:
     model_version: str | None  # the newest checkpoint's
     label_studio: LabelStudioStatus
     backend: BackendStatus | None = None
+    last_pull: dict | None = None  # Ledger.last_pull: counts, invalid annotations and warnings of the newest pull
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -161,7 +162,7 @@ def answers_from_ledger(rows: Iterable[LedgerAnnotation]) -> list[Answer]:
 def summarise(*, run: str, pushed: Sequence[PushedTask], answers: Sequence[Answer], counts_from: str,
               trained: Sequence[dict], per_round: int, budget_rounds: int | None, label_studio: LabelStudioStatus,
               training_pid: int | None = None, model_version: str | None = None, users: dict[int, str] | None = None,
-              backend: BackendStatus | None = None) -> RunStatus:  # fmt: skip
+              backend: BackendStatus | None = None, last_pull: dict | None = None) -> RunStatus:  # fmt: skip
     """The status from its facts. pushed: the ledger's tasks; answers: on any task (those not pushed are left
     out); trained: the ledger's rounds (``round``, ``model_version``, ``metrics``)."""
     round_of = {t.task_id: t.round for t in pushed}
@@ -188,7 +189,8 @@ def summarise(*, run: str, pushed: Sequence[PushedTask], answers: Sequence[Answe
                           rounds=budget_rounds if budget_rounds is not None else pushed_rounds)  # fmt: skip
     return RunStatus(run=run, counts_from=counts_from, rounds=rounds, annotators=_annotators(answers, users or {}),
                      budget=budget, training=training_pid is not None, training_pid=training_pid,
-                     model_version=model_version, label_studio=label_studio, backend=backend)  # fmt: skip
+                     model_version=model_version, label_studio=label_studio, backend=backend,
+                     last_pull=last_pull)  # fmt: skip
 
 
 def _annotators(answers: Sequence[Answer], users: dict[int, str]) -> list[AnnotatorStatus]:
@@ -246,7 +248,7 @@ def gather(run: Run, *, api_key: str | None = None, backend_url: str | None = No
         run=run.name, pushed=pushed, answers=answers, counts_from=counts_from, trained=_trained(run),
         per_round=run.config.sampling.per_round, budget_rounds=budget_rounds, label_studio=ls,
         training_pid=run.training_pid(), model_version=run.model_version(current) if current >= 0 else None,
-        users=users, backend=None if url is None else backend_health(url),
+        users=users, backend=None if url is None else backend_health(url), last_pull=ledger.last_pull(project_id),
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ after Ctrl-C or a crash it starts where it stopped, without pushing or training 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 from trainer.runs.ledger import FEEDBACK_MODES
 from trainer.runs.run import Run
+
+_LOG = logging.getLogger(__name__)
 
 
 def wait_for_annotations(client, project_id: int, task_ids: list[int], *, min_annotations: int | None = None,
@@ -77,11 +80,10 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
                                  deadline_s=None if deadline_minutes is None else 60.0 * deadline_minutes,
                                  poll_s=poll_seconds, progress=progress, desc=f"round {r} annotated")
         report = pull(run, client, link.project_id, mode=mode, progress=progress)
-        log(f"round {r}: pulled {report.summary()}")
-        for error in report.errors:
-            log(f"  skipped a bad annotation: {error}")
-        for warning in report.warnings:
-            log(f"  warning: {warning}")
+        summary, *details = report.lines()
+        log(f"round {r}: {summary}")
+        for line in details:
+            log(line)
         trained.append(_train(run, report.feedback, progress, log))
     _train_twin(twin, run.current_round(), progress, log)
     return trained
@@ -104,8 +106,12 @@ def _train(run: Run, feedback, progress: bool, log) -> dict:
 def training_round(run: Run | str | Path, *, label_studio=None, project_id: int | None = None,
                    progress: bool = False) -> str:  # fmt: skip
     """Pull annotations (when given a Label Studio client and project), train one round; the new model_version.
-    ``run`` is a Run (its datasets and ledger stay open across rounds) or a run directory."""
+    ``run`` is a Run (its datasets and ledger stay open across rounds) or a run directory. The pull's report,
+    its invalid annotations and warnings included, is logged here and kept in the ledger (``Ledger.last_pull``)."""
     run = run if isinstance(run, Run) else Run.open(run)
     if label_studio is not None and project_id is not None:
-        pull(run, label_studio, project_id)
+        summary, *details = pull(run, label_studio, project_id).lines()
+        _LOG.info("project %s: %s", project_id, summary)
+        for line in details:
+            _LOG.warning("project %s: %s", project_id, line.strip())
     return run.train_next_round(progress=progress)["model_version"]

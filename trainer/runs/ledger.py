@@ -3,17 +3,20 @@
 Shape legend: G_h x G_w grid cells.
 
 Tables: ``meta`` (schema version), ``rounds``, ``pushed_tasks`` (Label Studio task <-> sample id per
-round), ``annotations`` (consumed Label Studio annotations, cells bit-packed) and ``round_feedback`` (the
-per-sample feedback a round trained with). Every write is one transaction, and ``transaction()`` groups
+round), ``annotations`` (consumed Label Studio annotations, cells bit-packed), ``round_feedback`` (the
+per-sample feedback a round trained with) and ``pulls`` (each pull's counts, invalid annotations and warnings). Every write is one transaction, and ``transaction()`` groups
 several writes into one, so a crash between pulling and training leaves either all of a pull or none of
 it. Replaying the same pull changes nothing: an annotation is only replaced by a newer ``updated_at``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,10 @@ from trainer.core.feedback import Feedback
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 300.0  # a pull of 10,000 annotations holds the write lock for seconds; SQLite's default is 5
 FEEDBACK_MODES = ("union", "majority")
+PULL_LOCK_WAIT_S = 900.0  # a pull of 10,000 annotations reads its export for about 25 s; a stuck one is named
+LISTED = 20  # invalid annotations and warnings kept per pull (the counts keep the totals)
+LINE_CHARS = 300
+PULLS_KEPT = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +57,9 @@ CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (sample_id);
 CREATE TABLE IF NOT EXISTS round_feedback (
     round INTEGER NOT NULL, sample_id INTEGER NOT NULL, cells_rows INTEGER, cells_cols INTEGER,
     cells BLOB, label_fix INTEGER, skipped INTEGER NOT NULL, PRIMARY KEY (round, sample_id));
+CREATE TABLE IF NOT EXISTS pulls (
+    pull INTEGER PRIMARY KEY AUTOINCREMENT, project_id INTEGER NOT NULL, started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL, report TEXT NOT NULL);
 """
 
 
@@ -290,6 +300,63 @@ class Ledger:
     def annotation_versions(self) -> dict[int, str]:
         """annotation id -> stored ``updated_at`` (live annotations only): what a pull can skip."""
         return dict(self._query("SELECT annotation_id, updated_at FROM annotations WHERE deleted=0"))
+
+    # -- pulls ----------------------------------------------------------------------------------------
+    @contextmanager
+    def pull_lock(self, *, wait_s: float = PULL_LOCK_WAIT_S) -> Iterator[None]:
+        """One pull at a time per ledger, across threads and processes (``<ledger>.pull-lock``, flock): a pull
+        reads Label Studio's export and applies it under this lock, so an older export never lands after a
+        newer one. Other writers (push, training) only wait for the short write transaction, as before."""
+        path = self.path.with_name(self.path.name + ".pull-lock")
+        # Its own open file per call: flock then excludes other threads of this process too.
+        with open(path, "a+") as handle:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        raise TimeoutError(f"another pull into {self.path} (pid {handle.read().strip() or '?'}) "
+                                           f"has held {path.name} for over {wait_s:.0f} s") from None
+                    time.sleep(0.05)
+            try:
+                handle.truncate(0)
+                handle.write(str(os.getpid()))
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def record_pull(self, project_id: int, *, started_at, counts: dict[str, int], invalid: Iterable[dict],
+                    warnings: Iterable[str]) -> None:
+        """Store one pull's outcome, bounded: the counts, and the first ``LISTED`` invalid annotations
+        (``task_id``, ``annotation_id``, ``reason``) and warnings, each line cut to ``LINE_CHARS``."""
+        invalid, warnings = list(invalid), list(warnings)
+        report = {
+            "counts": {**{k: int(v) for k, v in counts.items()}, "invalid": len(invalid), "warnings": len(warnings)},
+            "invalid": [{"task_id": int(i["task_id"]), "annotation_id": int(i["annotation_id"]),
+                         "reason": str(i["reason"])[:LINE_CHARS]} for i in invalid[:LISTED]],
+            "warnings": [str(w)[:LINE_CHARS] for w in warnings[:LISTED]],
+        }  # fmt: skip
+        with self.transaction() as db:
+            db.execute("INSERT INTO pulls (project_id, started_at, finished_at, report) VALUES (?, ?, ?, ?)",
+                       (int(project_id), utc_timestamp(started_at), utc_timestamp(), json.dumps(report)))
+            db.execute("DELETE FROM pulls WHERE pull <= (SELECT MAX(pull) FROM pulls) - ?", (PULLS_KEPT,))
+
+    def last_pull(self, project_id: int | None = None) -> dict | None:
+        """The newest pull (of ``project_id``, or of any project) as JSON-ready data, None before the first:
+        ``{"project_id", "started_at", "finished_at", "counts": {new, updated, unchanged, skipped, deleted,
+        ignored, invalidated, invalid, warnings}, "invalid": [{"task_id", "annotation_id", "reason"}, ...],
+        "warnings": [str, ...]}``, the two lists cut to their first ``LISTED``."""
+        sql = ("SELECT project_id, started_at, finished_at, report FROM pulls"
+               + ("" if project_id is None else " WHERE project_id=?") + " ORDER BY pull DESC LIMIT 1")
+        rows = self._query(sql, () if project_id is None else (int(project_id),))
+        if not rows:
+            return None
+        project, started, finished, report = rows[0]
+        return {"project_id": project, "started_at": started, "finished_at": finished, **json.loads(report)}
 
     # -- feedback -------------------------------------------------------------------------------------
     def feedback(self, grid: Grid, mode: str = "union", *, project_id: int | None = None) -> Feedback:
