@@ -1,6 +1,6 @@
 """The HTTP contract of label-studio-ml 2.x on Flask 3: same routes, same JSON, thin handlers.
 
-GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...}}
+GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...}, "last_pull"}
 POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
@@ -93,9 +93,11 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
     @app.get("/")
     @app.get("/health")
     def health():
-        # model_version: the one /predict serves; skipped_checkpoints: newer files that failed to load, and why
+        # model_version: the one /predict serves; skipped_checkpoints: newer files that failed to load, and why;
+        # last_pull: what the newest pull (Start Training's too) read, its invalid annotations and warnings
         return jsonify(status="UP", model_class=type(model).__name__, model_version=model.latest_version(),
-                       skipped_checkpoints=model.skipped(), training=job.status())  # fmt: skip
+                       skipped_checkpoints=model.skipped(), training=job.status(),
+                       last_pull=model.run.ledger.last_pull())  # fmt: skip
 
     @app.post("/setup")
     def setup():

@@ -15,11 +15,12 @@ from label_studio_sdk.core.api_error import ApiError
 import trainer.labelstudio.pull
 from label_config.names import CORRECT_LABEL
 from label_config.rasterise import MAX_REGIONS
+from ls_backend.app import create_app
+from ls_backend.config import BackendConfig
 from tests.label_config.test_rasterise import _malformed_item
 from tests.labelstudio.test_loop import cells, point, rect
 from trainer.labelstudio.client import annotate_as_browser
 from trainer.labelstudio.link import connect_project
-from trainer.labelstudio.loop import training_round
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 
@@ -106,15 +107,25 @@ def test_concurrent_pulls_apply_the_newer_export_last(linked, monkeypatch):
     assert run.ledger.last_pull()["counts"]["new"] == 1 and reports["B"].deleted == 0
 
 
-def test_start_training_logs_and_records_the_pulls_invalid_annotations_and_warnings(linked, caplog):
+def test_start_training_logs_and_records_the_pulls_invalid_annotations_and_warnings(linked, label_studio, caplog):
     run, client, link = linked
     g = run.grid
     task_ids = push(run, client, link.project_id, n=2, document_root=link.document_root)
     polygon_id = annotate_as_browser(client, task_ids[0], [point(g, 1, 1), POLYGON])
     bad_id = annotate_as_browser(client, task_ids[1], malformed(g)["x of 401 digits"])
+    # "Start Training" as Label Studio sends it, to the backend serving the run's linked project
+    app = create_app(BackendConfig(model_dir=run.directory, label_studio_url=label_studio.url,
+                                   api_key=label_studio.token))  # fmt: skip
+    web = app.test_client()
     with caplog.at_level(logging.INFO, logger="trainer.labelstudio.loop"):
-        version = training_round(run, label_studio=client, project_id=link.project_id)
-    assert version == run.model_version(1)
+        started = web.post("/webhook", json={"action": "START_TRAINING", "project": {"id": link.project_id}})
+        assert started.status_code == 201, started.json
+        assert app.extensions["hitl"]["job"].wait(300)
+    health = web.get("/health").json
+    assert health["model_version"] == run.model_version(1), health["training"]
+    shown = health["last_pull"]
+    assert (shown["project_id"], shown["counts"]["invalid"], shown["counts"]["warnings"]) == (link.project_id, 1, 1)
+    assert shown["invalid"][0]["task_id"] == task_ids[1] and "too large" in shown["invalid"][0]["reason"]
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"project {link.project_id}: pulled 1 new" in logged and "1 invalid" in logged
     assert f"invalid annotation: task {task_ids[1]}, annotation {bad_id}, region" in logged and "too large" in logged
