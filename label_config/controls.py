@@ -54,7 +54,9 @@ class ConfigControls:
         """The task-data key the object ``object_name`` reads; ValueError naming what is wrong otherwise."""
         keys = dict(self.data_keys)
         if object_name not in dict(self.objects):
-            raise ValueError(f"label config has no object named {object_name!r} (objects: {sorted(dict(self.objects))})")
+            raise ValueError(
+                f"label config has no object named {object_name!r} (objects: {sorted(dict(self.objects))})"
+            )
         if object_name not in keys:
             raise ValueError(f"object {object_name!r} does not read a task-data key (expected value='$<data key>')")
         return keys[object_name]

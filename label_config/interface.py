@@ -29,16 +29,44 @@ OUR_FEEDBACK_CONTROLS = (CELL_RECT, CELL_POINT)  # every label of these is irrel
 OUR_OTHER_CHOICES = (LABEL_CHECK, SKIP)  # our own Choices that never hold the classes
 # Whole words or phrases, matched case-insensitively on a label's value and alias. Irrelevant wins over relevant
 # ("Irrelevant object", "not relevant"). Kept small on purpose: a miss only means no pre-filled regions.
-IRRELEVANT_WORDS = ("irrelevant", "not relevant", "ignore", "shortcut", "confounder", "spurious", "artifact",
-                    "artefact", "not here", "must not")
+IRRELEVANT_WORDS = (
+    "irrelevant",
+    "not relevant",
+    "ignore",
+    "shortcut",
+    "confounder",
+    "spurious",
+    "artifact",
+    "artefact",
+    "not here",
+    "must not",
+)
 RELEVANT_WORDS = ("relevant", "look here", "object", "should use")
 
 # Canonical spellings of the tags and attributes we read. Label Studio's editor reads tag and attribute names
 # case-insensitively; the SDK matches them exactly (``toName``, ``Choice``), so we respell before it parses.
-_CANONICAL = {s.lower(): s for s in (
-    "View", "Image", "Choices", "Choice", "Label", "RectangleLabels", "PolygonLabels", "EllipseLabels",
-    "KeyPointLabels", "BrushLabels", "Rectangle", "Polygon", "Ellipse", "KeyPoint", "Brush", "Header", "Text",
-)}
+_CANONICAL = {
+    s.lower(): s
+    for s in (
+        "View",
+        "Image",
+        "Choices",
+        "Choice",
+        "Label",
+        "RectangleLabels",
+        "PolygonLabels",
+        "EllipseLabels",
+        "KeyPointLabels",
+        "BrushLabels",
+        "Rectangle",
+        "Polygon",
+        "Ellipse",
+        "KeyPoint",
+        "Brush",
+        "Header",
+        "Text",
+    )
+}
 _CANONICAL_ATTRS = {s.lower(): s for s in ("name", "toName", "value", "valueList", "alias", "choice")}
 _OPTION_TAGS = ("Choice", "Label")
 
@@ -201,24 +229,32 @@ def _pick_class_control(candidates: list, choices: list, class_control: str | No
     """The name of the Choices holding the classes (rule in ``parse_project_config``); raises with the reason."""
     if class_control is not None:
         if class_control not in {c.name for c in choices}:
-            raise ProjectConfigError(f"class_control={class_control!r} is not a Choices in the config "
-                                      f"(Choices: {[c.name for c in choices]})")
+            raise ProjectConfigError(
+                f"class_control={class_control!r} is not a Choices in the config (Choices: {[c.name for c in choices]})"
+            )
         if class_control not in {c.name for c in candidates}:
             raise ProjectConfigError(f"Choices {class_control!r} is not over an Image (images: {sorted(images)})")
         return class_control
     if not candidates:
-        elsewhere = [f"Choices {c.name!r} points at {c.to_name} (not an Image)" for c in choices
-                     if c.name not in OUR_OTHER_CHOICES]
-        missing = ('no Choices control over an Image to hold the classes (add e.g. <Choices name="choice" '
-                   'toName="image"> with one <Choice value="..."/> per class)')
+        elsewhere = [
+            f"Choices {c.name!r} points at {c.to_name} (not an Image)"
+            for c in choices
+            if c.name not in OUR_OTHER_CHOICES
+        ]
+        missing = (
+            'no Choices control over an Image to hold the classes (add e.g. <Choices name="choice" '
+            'toName="image"> with one <Choice value="..."/> per class)'
+        )
         raise ProjectConfigError(*(elsewhere or [missing]))
     if len(candidates) > 1:
         # A one-Choice Choices is a checkbox (a flag such as "unsure"), not a class list.
         lists = [c for c in candidates if len(c.labels or []) != 1]
         candidates = lists if len(lists) == 1 else candidates
     if len(candidates) > 1:
-        raise ProjectConfigError(f"several Choices over an Image could hold the classes: "
-                                  f"{[c.name for c in candidates]}; pass class_control=<name>")
+        raise ProjectConfigError(
+            f"several Choices over an Image could hold the classes: "
+            f"{[c.name for c in candidates]}; pass class_control=<name>"
+        )
     return candidates[0].name
 
 
@@ -242,11 +278,13 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     objects = {o.name: o for o in (interface.objects or [])}
     images = tuple(
         ImageObject(o.name, o.value_name if o.value_is_variable else None, "valueList" in o.attr)
-        for o in objects.values() if o.tag.lower() == "image"
+        for o in objects.values()
+        if o.tag.lower() == "image"
     )
     if not images:
-        raise ProjectConfigError(f'no Image object (add e.g. <Image name="image" value="$image"/>); objects: '
-                                  f"{sorted(objects)}")
+        raise ProjectConfigError(
+            f'no Image object (add e.g. <Image name="image" value="$image"/>); objects: {sorted(objects)}'
+        )
     image_names = {i.name for i in images}
     controls = list(interface.controls or [])
     choices = [c for c in controls if c.tag.lower() == "choices"]
@@ -256,20 +294,23 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     control_names = {c.name for c in controls}
     options, problems = _options(root, picked.name, control_names)
     if picked.dynamic_value:
-        problems.append(f"Choices {picked.name!r} takes its options from task data ({picked.attr['value']}); "
-                        "the classes must be written in the config as <Choice> tags")
+        problems.append(
+            f"Choices {picked.name!r} takes its options from task data ({picked.attr['value']}); "
+            "the classes must be written in the config as <Choice> tags"
+        )
     elif not options:
         problems.append(f"Choices {picked.name!r} has no <Choice> (no classes)")
     if _repeats(options):
         problems.append(f"Choices {picked.name!r} names classes more than once: {_repeats(options)}")
     image = next(i for i in images if i.name == picked.to_name[0])
     if image.data_key is None:
-        problems.append(f"Image {image.name!r} reads no task-data key (expected value=\"$<key>\")")
+        problems.append(f'Image {image.name!r} reads no task-data key (expected value="$<key>")')
     if problems:
         raise ProjectConfigError(*problems)
     regions = tuple(
         RegionControl(c.name, c.tag.lower(), c.to_name[0], tuple(_options(root, c.name, control_names)[0]))
-        for c in controls if c.tag.lower() in REGION_TAGS and c.to_name[0] in image_names
+        for c in controls
+        if c.tag.lower() in REGION_TAGS and c.to_name[0] in image_names
     )
     classes = ClassControl(picked.name, picked.to_name[0], tuple(options), bool(picked.is_multiple_choice))
     return ProjectConfig(images=images, classes=classes, regions=regions, interface=interface)
@@ -281,8 +322,12 @@ def choices_result(config: ProjectConfig, class_index: int, score: float | None 
     if not isinstance(class_index, int) or not 0 <= class_index < len(options):
         raise ValueError(f"class_index must be an int in [0, {len(options)}), got {class_index!r}")
     region = config.interface.get_control(config.classes.name).label(options[class_index].stored)
-    item = {"from_name": region.from_tag.name, "to_name": region.to_tag.name, "type": region.from_tag.tag.lower(),
-            "value": {"choices": list(region.value.choices)}}  # no random region id: choices need none
+    item = {
+        "from_name": region.from_tag.name,
+        "to_name": region.to_tag.name,
+        "type": region.from_tag.tag.lower(),
+        "value": {"choices": list(region.value.choices)},
+    }  # no random region id: choices need none
     if score is not None:
         item["score"] = float(score)
     return item
@@ -305,6 +350,7 @@ def class_from_result(config: ProjectConfig, result: list[dict]) -> int | None:
     (named) or on several classes."""
     chosen = classes_from_result(config, result)
     if len(chosen) > 1:
-        raise ValueError(f"{config.classes.name!r}: several classes chosen: "
-                         f"{[config.classes.options[i].stored for i in chosen]}")
+        raise ValueError(
+            f"{config.classes.name!r}: several classes chosen: {[config.classes.options[i].stored for i in chosen]}"
+        )
     return chosen[0] if chosen else None

@@ -191,7 +191,8 @@ def _rect_cells(item: dict, grid: Grid, where: str, min_overlap: float) -> np.nd
     marked = overlap > min_overlap
     if not marked.any():
         # A (near) zero-size rectangle is a point: mark the cell holding its centre.
-        marked[_point_cell(*corners.mean(axis=0), grid)] = True
+        u, v = corners.mean(axis=0)
+        marked[_point_cell(float(u), float(v), grid)] = True
     return marked
 
 
@@ -227,7 +228,8 @@ def regions_to_cells(
             value = _value(item, where)
             point = np.array([[_number(value, "x", where), _number(value, "y", where)]])
             _check_range(point, where)
-            cells[_point_cell(*_to_cells(point, grid)[0], grid)] = True
+            u, v = _to_cells(point, grid)[0]
+            cells[_point_cell(float(u), float(v), grid)] = True
     return cells
 
 
@@ -289,8 +291,9 @@ def parse_annotation(
     label_fix = None
     if choices.correct_label is not None:
         if choices.correct_label not in classes:
-            raise ValueError(f"{where}: correct label {choices.correct_label!r} is not one of the classes "
-                             f"{list(classes)}")
+            raise ValueError(
+                f"{where}: correct label {choices.correct_label!r} is not one of the classes {list(classes)}"
+            )
         label_fix = list(classes).index(choices.correct_label)
     return AnnotationFeedback(cells=cells, label_fix=label_fix, skip=choices.skip)
 
@@ -304,8 +307,9 @@ class AnnotationChoices:
     skip: bool
 
 
-def annotation_choices(result: list[dict], *, controls: ConfigControls | None = None,
-                       where: str = "result") -> AnnotationChoices:
+def annotation_choices(
+    result: list[dict], *, controls: ConfigControls | None = None, where: str = "result"
+) -> AnnotationChoices:
     """The label fix and the skip choice of one ``result``, without the grid or the classes: the one rule
     that ``parse_annotation`` and ``hitl status`` share. Raises ValueError on several correct labels.
 
@@ -343,5 +347,5 @@ def combine_cells(cells_list: Sequence[np.ndarray], *, mode: str = "union") -> n
         raise ValueError(f"cells must all be (G_h, G_w) of one shape, got shapes {sorted(shapes)}")
     stack = np.stack([np.asarray(c, dtype=bool) for c in cells_list])
     if mode == "union":
-        return stack.any(axis=0)
-    return 2 * stack.sum(axis=0) > len(cells_list)
+        return np.asarray(stack.any(axis=0))
+    return np.asarray(2 * stack.sum(axis=0) > len(cells_list))

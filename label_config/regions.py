@@ -61,8 +61,11 @@ class _Ctx:
 
     def error(self, problem: str) -> RegionError:
         head = f"{self.where}, " if self.where else ""
-        return RegionError(f"{head}{self.kind or 'untyped'} region {_show(self.rid)}: {problem}",
-                           region_type=self.kind, region_id=self.rid)
+        return RegionError(
+            f"{head}{self.kind or 'untyped'} region {_show(self.rid)}: {problem}",
+            region_type=self.kind,
+            region_id=self.rid,
+        )
 
 
 _MISSING = object()
@@ -236,8 +239,14 @@ def resample_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 def _rle_bytes(ctx: _Ctx, rle, n_values: int) -> list[int]:
     if not isinstance(rle, (list, tuple)) or not rle:
         raise ctx.error(f"rle must be a non-empty list of ints 0..255, got {_show(rle)}")
-    bad = next((i for i, b in enumerate(rle) if isinstance(b, bool) or not isinstance(b, (int, np.integer))
-                or not 0 <= b <= 255), None)
+    bad = next(
+        (
+            i
+            for i, b in enumerate(rle)
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 <= b <= 255
+        ),
+        None,
+    )
     if bad is not None:
         raise ctx.error(f"rle[{bad}] must be an int in 0..255, got {_show(rle[bad])}")
     # The most an RLE can take: 53 header bits, then at worst 14 bits per value (a run of one).
@@ -247,8 +256,7 @@ def _rle_bytes(ctx: _Ctx, rle, n_values: int) -> list[int]:
         raise ctx.error(f"corrupt rle: {len(rle)} bytes is shorter than its 53-bit header")
     declared = int.from_bytes(bytes(rle[:4]), "big")  # its first 32 bits: how many values it holds
     if declared != n_values:
-        raise ctx.error(f"corrupt rle: it holds {declared} values, the image needs {n_values} (height x "
-                        f"width x 4)")
+        raise ctx.error(f"corrupt rle: it holds {declared} values, the image needs {n_values} (height x width x 4)")
     return [int(b) for b in rle]
 
 
@@ -315,8 +323,7 @@ def mask_to_cells(mask: np.ndarray, grid: Grid, min_fraction: float = MIN_FRACTI
     return grid.pool(mask != 0) >= min_fraction
 
 
-def region_cells(result_item: dict, grid: Grid, *, min_fraction: float = MIN_FRACTION,
-                 where: str = "") -> np.ndarray:
+def region_cells(result_item: dict, grid: Grid, *, min_fraction: float = MIN_FRACTION, where: str = "") -> np.ndarray:
     """``mask_to_cells(region_mask(...))`` at the grid's resolution. Returns (G_h, G_w) bool."""
     return mask_to_cells(region_mask(result_item, grid.height, grid.width, where=where), grid, min_fraction)
 

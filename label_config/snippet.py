@@ -77,8 +77,10 @@ def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangl
     """
     config = parse_project_config(xml)
     if config.feedback is not None:
-        raise ValueError(f"the config already has a feedback tool over {config.image.name!r}: "
-                         f"{config.feedback.name!r} (labels {[o.value for o in config.feedback.irrelevant]})")
+        raise ValueError(
+            f"the config already has a feedback tool over {config.image.name!r}: "
+            f"{config.feedback.name!r} (labels {[o.value for o in config.feedback.irrelevant]})"
+        )
     snippet = feedback_snippet(config.image.name, tool=tool) if snippet is None else snippet
     root, piece = _parse(xml, "label config"), _parse(snippet, "snippet")
     taken = {el.get("name") for el in root.iter(tag=etree.Element) if el.get("name")}
@@ -89,8 +91,10 @@ def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangl
     targets = {t.strip() for el in ours for k, v in el.attrib.items() if k.lower() == "toname" for t in v.split(",")}
     images = {el.get("name"): el for el in root.iter(tag=etree.Element) if el.tag.lower() == "image"}
     if len(targets) != 1 or next(iter(targets)) not in images:
-        raise ValueError(f"the snippet must point at one Image of the config (images: {sorted(images)}), "
-                         f"it points at {sorted(targets)}")
+        raise ValueError(
+            f"the snippet must point at one Image of the config (images: {sorted(images)}), "
+            f"it points at {sorted(targets)}"
+        )
     image = images[next(iter(targets))]
     previous = image.getprevious()
     before = (previous.tail if previous is not None else image.getparent().text) or ""

@@ -1,6 +1,7 @@
 """The HTTP contract of label-studio-ml 2.x on Flask 3: same routes, same JSON, thin handlers.
 
-GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...}, "last_pull"}
+GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...},
+                     "last_pull"}
 POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
@@ -33,8 +34,9 @@ def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
     """The backend for one run directory. ``preload`` loads the newest checkpoint now (servers do;
     tests leave it to the first /predict)."""
     model = SaliencyModel(config)
-    job = TrainingJob(model.fit, auto_train_after=config.auto_train_after,
-                      state_path=model.run.directory / JOB_STATE_FILE)
+    job = TrainingJob(
+        model.fit, auto_train_after=config.auto_train_after, state_path=model.run.directory / JOB_STATE_FILE
+    )
     if preload and model.latest_version() is not None:
         model.snapshot()
     app = Flask("ls_backend")
@@ -176,9 +178,11 @@ def _install_auth(app: Flask, config: BackendConfig) -> None:
                 proxied = [name for name in PROXY_HEADERS if name in request.headers]
                 if proxied or not is_loopback_client(request.remote_addr):
                     why = f" (a request forwarded by a proxy: it carries {', '.join(proxied)})" if proxied else ""
-                    return jsonify(error=f"this backend has no credentials, so it answers only on its own machine{why}: "
-                                   "set BASIC_AUTH_USER and BASIC_AUTH_PASS (and give Label Studio the same), or "
-                                   "ALLOW_UNAUTHENTICATED=true on a trusted network"), 403  # fmt: skip
+                    return jsonify(
+                        error=f"this backend has no credentials, so it answers only on its own machine{why}: "
+                        "set BASIC_AUTH_USER and BASIC_AUTH_PASS (and give Label Studio the same), or "
+                        "ALLOW_UNAUTHENTICATED=true on a trusted network"
+                    ), 403
                 return None
 
         return

@@ -20,8 +20,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", default=None, help="run directory (default: $MODEL_DIR)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9090)
-    parser.add_argument("--auto-train-after", type=int, default=None,
-                        help="start a round after this many annotation events (default: $AUTO_TRAIN_AFTER or 0)")
+    parser.add_argument(
+        "--auto-train-after",
+        type=int,
+        default=None,
+        help="start a round after this many annotation events (default: $AUTO_TRAIN_AFTER or 0)",
+    )
     parser.set_defaults(func=serve)
     return parser
 
@@ -39,8 +43,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.auto_train_after is not None:
         config = dataclasses.replace(config, auto_train_after=args.auto_train_after)
     if not args.host.startswith(("127.", "localhost", "::1")) and not config.open_to_others:
-        raise ValueError(f"refusing to listen on {args.host} without credentials: set BASIC_AUTH_USER and "
-                         "BASIC_AUTH_PASS, or ALLOW_UNAUTHENTICATED=true on a trusted network")
+        raise ValueError(
+            f"refusing to listen on {args.host} without credentials: set BASIC_AUTH_USER and "
+            "BASIC_AUTH_PASS, or ALLOW_UNAUTHENTICATED=true on a trusted network"
+        )
     app = create_app(config, preload=True)
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     return 0

@@ -22,10 +22,11 @@ class BackendConfig:
     pulls annotations.
     basic_auth_user / basic_auth_pass: when set, every route asks for them (Label Studio sends them
     when the backend is connected with basic auth); without them the backend answers only requests from this
-    machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round after this many
-    ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run. image_hosts: hosts other than
-    Label Studio that task images may be fetched from (``IMAGE_HOSTS``, comma-separated; none by default), and
-    image_networks the internal networks they may resolve to (``IMAGE_NETWORKS``, CIDR; only public addresses if none).
+    machine unless ``allow_unauthenticated`` (``ALLOW_UNAUTHENTICATED=true``). auto_train_after: start a round
+    after this many ANNOTATION_* events (0: only on START_TRAINING). device: where predictions run. image_hosts:
+    hosts other than Label Studio that task images may be fetched from (``IMAGE_HOSTS``, comma-separated; none by
+    default), and image_networks the internal networks they may resolve to (``IMAGE_NETWORKS``, CIDR; only public
+    addresses if none).
     predict_batch: tasks decoded and explained together (``PREDICT_BATCH``), so a /predict's memory stays flat in its
     number of tasks; max_predict_tasks: more tasks in one /predict are refused with 413 (``MAX_PREDICT_TASKS``).
     overlay_queue / overlay_queue_bytes: overlays waiting to be written into Label Studio (``OVERLAY_QUEUE``,
@@ -68,11 +69,12 @@ class BackendConfig:
             try:
                 ipaddress.ip_network(network)
             except ValueError:
-                raise ValueError(f"IMAGE_NETWORKS holds {network!r}, which is not a network such as 10.0.0.0/8 "
-                                 "or fd00::/8") from None
+                raise ValueError(
+                    f"IMAGE_NETWORKS holds {network!r}, which is not a network such as 10.0.0.0/8 or fd00::/8"
+                ) from None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "BackendConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BackendConfig:
         """From ``MODEL_DIR``, ``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_USER``,
         ``BASIC_AUTH_PASS``, ``AUTO_TRAIN_AFTER``, ``DEVICE``, ``PREDICT_BATCH``, ``MAX_PREDICT_TASKS``,
         ``OVERLAY_QUEUE`` and ``OVERLAY_QUEUE_BYTES``; ``environ`` defaults to ``os.environ``."""

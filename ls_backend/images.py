@@ -112,13 +112,13 @@ def fetch_image_bytes(
     """The encoded image behind ``url`` (a data URI is decoded in place), within ``timeout`` seconds in all and
     ``max_bytes`` bytes from any source.
 
-    Only Label Studio's origin gets the API key: ``auth`` (long-lived, so a personal access token's access token
-    is cached across calls) or ``api_key`` (a one-off ``LabelStudioAuth``). A 401 from Label Studio with a
-    personal access token refreshes the access token and tries once more. Any other host must be named in ``image_hosts`` (the operator's
-    ``IMAGE_HOSTS``), so neither a decimal or hex spelling of an address nor a redirect can reach an internal
-    service; every redirect hop is checked the same way, and after DNS every address of such a host must be public
-    or in ``image_networks`` (CIDR strings, the operator's ``IMAGE_NETWORKS``). Failures to connect all read alike
-    (no port scanning). ``session`` serves Label Studio's own URLs; other hosts go through a pinned session.
+    Only Label Studio's origin gets the API key: ``auth`` (long-lived, so a personal access token's access token is
+    cached across calls) or ``api_key`` (a one-off ``LabelStudioAuth``). A 401 from Label Studio with a personal
+    access token refreshes the access token and tries once more. Any other host must be named in ``image_hosts``
+    (the operator's ``IMAGE_HOSTS``), so neither a decimal or hex spelling of an address nor a redirect can reach an
+    internal service; every redirect hop is checked the same way, and after DNS every address of such a host must be
+    public or in ``image_networks`` (CIDR strings, the operator's ``IMAGE_NETWORKS``). Failures to connect all read
+    alike (no port scanning). ``session`` serves Label Studio's own URLs; other hosts go through a pinned session.
     """
     if isinstance(url, str) and url.startswith("data:"):
         return _data_uri_bytes(url, max_bytes)
@@ -163,8 +163,11 @@ def _fetch(url: str, label_studio_url: str | None, auth: LabelStudioAuth | None,
                     raise ImageError(f"fetching image {_short(url)!r} gave HTTP {resp.status_code}{hint}", 502)
                 return _read(resp, url, max_bytes, deadline)
         except InternalAddress as exc:
-            raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which resolves to {exc.address}, "
-                             f"{exc.kind} address: allow its network in IMAGE_NETWORKS to fetch from it", 422) from None
+            raise ImageError(
+                f"image URL {_short(url)!r} is on host {host!r}, which resolves to {exc.address}, "
+                f"{exc.kind} address: allow its network in IMAGE_NETWORKS to fetch from it",
+                422,
+            ) from None
     raise ImageError(f"image URL {_short(url)!r} redirects more than {MAX_REDIRECTS} times", 502)
 
 

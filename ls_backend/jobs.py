@@ -27,8 +27,14 @@ MAX_QUEUED = 16  # follow-up rounds waiting at once (one per project): a round t
 class TrainingJob:
     """Runs ``train(project_id) -> model_version`` in a daemon thread, one round at a time."""
 
-    def __init__(self, train: Callable[[int | None], str], *, auto_train_after: int = 0,
-                 state_path: Path | None = None, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(
+        self,
+        train: Callable[[int | None], str],
+        *,
+        auto_train_after: int = 0,
+        state_path: Path | None = None,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
         self._train = train
         self.max_queued = max_queued
         self._state_path = state_path  # where a running round is noted, so a restart can tell it was cut off
@@ -59,8 +65,10 @@ class TrainingJob:
             return
         if state.get("state") == "running":
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(state.get("started_at") or 0))
-            self.last_error = (f"Interrupted: the round for project {state.get('project')} started at {when} UTC "
-                               "stopped with the backend; press Start Training to train it again")
+            self.last_error = (
+                f"Interrupted: the round for project {state.get('project')} started at {when} UTC "
+                "stopped with the backend; press Start Training to train it again"
+            )
             self._note("interrupted", state.get("project"))
 
     def _note(self, state: str, project_id: int | None) -> None:

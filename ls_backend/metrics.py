@@ -83,8 +83,9 @@ class _RunCollector:
         yield tasks
         writer = self.model.overlays
         for outcome in ("attached", "failed", "dropped"):  # dropped: the queue was full (OVERLAY_QUEUE*)
-            overlays = CounterMetricFamily(f"hitl_overlays_{outcome}",
-                                           f"Saliency overlays {outcome} to image-only tasks by this process")
+            overlays = CounterMetricFamily(
+                f"hitl_overlays_{outcome}", f"Saliency overlays {outcome} to image-only tasks by this process"
+            )
             overlays.add_metric([], getattr(writer, outcome))
             yield overlays
         yield _gauge("hitl_overlay_queue", "Overlays waiting to be written into Label Studio", writer.queued)

@@ -84,8 +84,11 @@ class SaliencyModel:
         self._predict_lock = threading.Lock()
         self.predicted_tasks = 0
         # The SDK client refreshes a personal access token itself.
-        self.overlays = OverlayWriter(lambda: connect(config.label_studio_url, config.api_key),
-                                      max_items=config.overlay_queue, max_bytes=config.overlay_queue_bytes)
+        self.overlays = OverlayWriter(
+            lambda: connect(config.label_studio_url, config.api_key),
+            max_items=config.overlay_queue,
+            max_bytes=config.overlay_queue_bytes,
+        )
         self.projects = ServedProjects(self.run)
 
     # ------------------------------------------------------------------ versions
@@ -167,8 +170,11 @@ class SaliencyModel:
         """One prediction per task: top-k salient cells as regions of the config's own control. Tasks are decoded
         and explained ``predict_batch`` at a time; overlays go only into tasks of ``project_id`` when it is served."""
         if len(tasks) > self.config.max_predict_tasks:
-            raise BackendError(f"{len(tasks)} tasks in one /predict, over this backend's cap of "
-                               f"{self.config.max_predict_tasks} (MAX_PREDICT_TASKS): select fewer tasks", 413)  # fmt: skip
+            raise BackendError(
+                f"{len(tasks)} tasks in one /predict, over this backend's cap of "
+                f"{self.config.max_predict_tasks} (MAX_PREDICT_TASKS): select fewer tasks",
+                413,
+            )
         controls = _controls(label_config)
         key = _image_key(controls)
         for task in tasks:  # a malformed task is refused before any work is done
@@ -177,7 +183,7 @@ class SaliencyModel:
         overlay = self._overlay_target(project_id)
         out: list[dict] = []
         for start in range(0, len(tasks), self.config.predict_batch):
-            chunk = tasks[start:start + self.config.predict_batch]
+            chunk = tasks[start : start + self.config.predict_batch]
             images = torch.stack([self._view(task, key, snap.meta) for task in chunk])  # (B, C, H, W)
             with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
                 found = explain_batch(snap.model, images, snap.grid, method=self.run.config.saliency,

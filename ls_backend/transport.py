@@ -118,7 +118,7 @@ class _DeadlineConnection(HTTPConnection):
             if deadline is not None:
                 deadline.watch(self, sock)
             return sock
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
         except OSError as exc:  # name resolution included: every failure to connect reads alike
             raise NewConnectionError(self, f"failed to establish a new connection: {exc}") from exc

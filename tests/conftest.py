@@ -98,8 +98,9 @@ def fresh_run(round0_run, tmp_path):
     from trainer.runs.run import Run
 
     directory = tmp_path / f"run-{next(_RUN_NAMES):03d}"
-    shutil.copytree(round0_run.directory, directory,
-                    ignore=shutil.ignore_patterns("ledger.sqlite*", "label-studio.json"))
+    shutil.copytree(
+        round0_run.directory, directory, ignore=shutil.ignore_patterns("ledger.sqlite*", "label-studio.json")
+    )
     run = Run.open(directory)
     run.__dict__["datasets"] = round0_run.datasets  # same config, same data: skip reloading (cached_property)
     with _one_torch_thread():

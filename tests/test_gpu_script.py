@@ -51,8 +51,11 @@ def test_all_part_runs_steps_then_the_family_then_the_rounds(tmp_path):
     assert {"family-resnet18-112-seeds-0-1-2", "step-resnet18-224-bf16", "round-resnet50-224-bf16"} <= set(checks)
     order = [line.split()[1] for line in (tmp_path / "checks" / "log.txt").read_text().splitlines()
              if line.startswith("== ")]  # fmt: skip
-    assert order.index("step-resnet50-224-bf16") < order.index("family-resnet18-112-seeds-0-1-2") < order.index(
-        "round-resnet18-224-fp32")
+    assert (
+        order.index("step-resnet50-224-bf16")
+        < order.index("family-resnet18-112-seeds-0-1-2")
+        < order.index("round-resnet18-224-fp32")
+    )
     args = _offline_parser().parse_args(checks["family-resnet18-112-seeds-0-1-2"])
     assert args.seeds == [0, 1, 2] and args.workers == 14 and args.device == "cuda"
 
@@ -72,7 +75,7 @@ def test_offline_cli_runs_without_the_label_studio_sdk(tmp_path):
 
 
 def test_family_part_names_every_confounded_rgb_dataset_and_the_seeds(tmp_path):
-    (name, argv), = _dry_run(tmp_path, "family", "0", "2").items()
+    ((name, argv),) = _dry_run(tmp_path, "family", "0", "2").items()
     args = build_parser().parse_args(argv)
     assert name == "family-resnet18-112-seeds-0-2" and args.seeds == [0, 2]
     rgb = {d for d in CONFOUNDED if d.endswith("-rgb")}
@@ -82,7 +85,7 @@ def test_family_part_names_every_confounded_rgb_dataset_and_the_seeds(tmp_path):
 
 def test_family_args_reach_the_experiment(tmp_path, monkeypatch):
     monkeypatch.setenv("FAMILY_ARGS", "--lr-schedule constant")
-    (name, argv), = _dry_run(tmp_path, "family", "1").items()
+    ((name, argv),) = _dry_run(tmp_path, "family", "1").items()
     args = build_parser().parse_args(argv)
     assert args.lr_schedule == "constant" and args.seeds == [1] and args.model == "resnet18"
     assert args.arms == ["baseline", "clean", "hitl"]
@@ -90,7 +93,7 @@ def test_family_args_reach_the_experiment(tmp_path, monkeypatch):
 
 def test_arms_pick_the_family_arms(tmp_path, monkeypatch):
     monkeypatch.setenv("ARMS", "clean hitl")
-    (_, argv), = _dry_run(tmp_path, "family", "0", "1").items()
+    ((_, argv),) = _dry_run(tmp_path, "family", "0", "1").items()
     assert build_parser().parse_args(argv).arms == ["clean", "hitl"]
 
 

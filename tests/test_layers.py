@@ -77,7 +77,7 @@ def test_no_import_cycle():
 
     def visit(m: str) -> None:
         if m in stack:
-            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m) :] + [m]))
         if m in done:
             return
         stack.append(m)

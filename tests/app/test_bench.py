@@ -37,7 +37,12 @@ def test_bench_round_json_times_a_plain_and_a_feedback_round_on_the_same_data(ca
     seed = out["per_seed"][0]
     assert seed["plain"]["penalised_rows_per_step"] == 0 and out["penalised_rows_per_step"] > 0
     assert out["ratio"] == pytest.approx(seed["feedback"]["seconds"] / seed["plain"]["seconds"], abs=2e-3)
-    for arm in ("plain", "feedback", "compare", "compare-2"):  # each arm timed twice; its seconds are the median (here the mean)
+    for arm in (
+        "plain",
+        "feedback",
+        "compare",
+        "compare-2",
+    ):  # each arm timed twice; its seconds are the median (here the mean)
         assert len(seed[arm]["seconds_all"]) == 2 and out["repeat"] == 2
         assert seed[arm]["seconds"] == pytest.approx(sum(seed[arm]["seconds_all"]) / 2, abs=2e-3)
     # The compared arm draws no replay rows: it penalises only annotated rows that fall in a batch.
@@ -67,7 +72,9 @@ def test_bench_round_refuses_an_unknown_override(capsys):
 
 
 def test_bench_step_defaults_to_the_training_step_replay_rows_joining_the_batch(capsys):
-    assert main(["bench", "step", "--model", "small-cnn", "--size", "28", "--batch", "8", "--steps", "2", "--json"]) == 0
+    assert (
+        main(["bench", "step", "--model", "small-cnn", "--size", "28", "--batch", "8", "--steps", "2", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["annotated_rows"] == 6 and out["joined"] is True and out["precision"] == "fp32"  # small-cnn's plan
     assert out["penalty_every"] == 1 and out["mean_ratio"] == out["ratio"]  # every step is a penalised one
@@ -94,7 +101,9 @@ def test_bench_fold_finite_differences_match_exact_double_backprop_only_on_a_smo
     gradient jumps where a unit switches, and the quotient divides each jump by eps."""
     net = smooth_activations(build_model("resnet18", 10, 3, 56))
     assert not any(isinstance(m, (nn.ReLU, nn.MaxPool2d)) for m in net.modules())
-    assert any(isinstance(m, nn.GELU) for m in net.modules()) and any(isinstance(m, nn.AvgPool2d) for m in net.modules())
+    assert any(isinstance(m, nn.GELU) for m in net.modules()) and any(
+        isinstance(m, nn.AvgPool2d) for m in net.modules()
+    )
 
     with pytest.raises(ValueError, match=r"masks must be \(N, H, W\)"):  # a channel axis is refused, not broadcast
         fold_cosines(build_model("small-cnn", 10, 1, 28), torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28))

@@ -1,6 +1,5 @@
 """`hitl bench pull` fills a real Label Studio project and pulls every annotation once; W stays sparse."""
 
-
 import pytest
 
 from trainer.app.bench_pull import bench_pull, feedback_memory

@@ -106,6 +106,12 @@ def test_folder_export_and_init_reproduce_the_experiment(frame_folder, tmp_path)
         assert torch.equal(masks, theirs.decoy_masks)
     c = run.config
     assert (c.model, c.image_size, c.channels, c.seed, c.train, c.sampling.strategy) == (
-        cfg.model, 28, 1, 1, cfg.train, cfg.strategies[0])
+        cfg.model,
+        28,
+        1,
+        1,
+        cfg.train,
+        cfg.strategies[0],
+    )
     assert run.grid.shape == (7, 7) and c.cell_px == 28 // 7  # the experiment's grid: cell_px None is 7 x 7
     assert round_budgets(cfg.budgets[0], len(run.datasets[0]), cfg.rounds) == [c.sampling.per_round] * cfg.rounds

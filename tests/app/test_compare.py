@@ -68,7 +68,9 @@ def test_an_old_run_without_confusion_is_scored_from_its_checkpoint(pair, tmp_pa
     import shutil
 
     old = Run.open(shutil.copytree(run.directory, tmp_path / "old"))
-    write_json(old.directory / "history.json", [{k: v for k, v in h.items() if k != "confusion"} for h in run.history()])
+    write_json(
+        old.directory / "history.json", [{k: v for k, v in h.items() if k != "confusion"} for h in run.history()]
+    )
     new, recomputed = score_run(run), score_run(old)
     assert recomputed.source == "checkpoint"
     assert (recomputed.balanced_acc, recomputed.macro_f1) == pytest.approx((new.balanced_acc, new.macro_f1))

@@ -10,8 +10,10 @@ from label_config.snippet import FEEDBACK_CONTROL
 from trainer.app.cli import main
 from trainer.app.config_cmd import config_text
 
-TEAM = ('<View><Image name="photo" value="$url"/><Choices name="species" toName="photo">'
-        '<Choice value="Red fox" alias="fox"/><Choice value="Badger"/></Choices></View>')
+TEAM = (
+    '<View><Image name="photo" value="$url"/><Choices name="species" toName="photo">'
+    '<Choice value="Red fox" alias="fox"/><Choice value="Badger"/></Choices></View>'
+)
 
 
 @pytest.mark.parametrize("tool, tag", [("rectangle", "rectanglelabels"), ("brush", "brushlabels")])
@@ -35,10 +37,13 @@ def test_hitl_config_project_config_merges_into_the_teams_file(tmp_path, capsys)
     assert out.lstrip().startswith("<View>") and 'toName="photo"' in out and "species" not in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["config", "--classes", "a", "a"], "duplicate class names"),
-    (["config", "--project-config", "CONFIG"], "already has a feedback tool"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["config", "--classes", "a", "a"], "duplicate class names"),
+        (["config", "--project-config", "CONFIG"], "already has a feedback tool"),
+    ],
+)
 def test_hitl_config_errors_name_the_problem(tmp_path, capsys, argv, message):
     path = tmp_path / "config.xml"
     path.write_text(config_text(classes=["a", "b"]), encoding="utf-8")

@@ -181,13 +181,19 @@ def read_until(proc: subprocess.Popen, marker: str, *, timeout: float) -> str:
     pytest.fail(f"no {marker!r} within {timeout:.0f} s (exit code {proc.poll()}):\n{out[-3000:]}")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"rounds": 0}, "rounds must be an integer >= 1"),
-    ({"per_round": 2.5}, "per_round must be an integer >= 1"),
-    ({"port": 70000}, "port must be in 1..65535"),
-    ({"label_studio_url": "http://localhost:8080"}, "needs all three"),
-    ({"label_studio_url": "http://x", "api_key": "k", "document_root": Path("/tmp"), "port": 8080}, "--port is for"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rounds": 0}, "rounds must be an integer >= 1"),
+        ({"per_round": 2.5}, "per_round must be an integer >= 1"),
+        ({"port": 70000}, "port must be in 1..65535"),
+        ({"label_studio_url": "http://localhost:8080"}, "needs all three"),
+        (
+            {"label_studio_url": "http://x", "api_key": "k", "document_root": Path("/tmp"), "port": 8080},
+            "--port is for",
+        ),
+    ],
+)
 def test_demo_config_refuses_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoConfig(**kwargs)

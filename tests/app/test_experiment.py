@@ -22,8 +22,15 @@ def test_sweep_names_arms_apart():
     assert names == ["baseline", "hitl[entropy@0.01]", "hitl[random@0.01]", "hitl[entropy@0.05]", "hitl[random@0.05]"]
 
 
-@pytest.mark.parametrize("bad, match", [({"arms": ("nope",)}, "unknown arms"), ({"budgets": (2.0,)}, "budgets"),
-                                        ({"datasets": ("folder:x",)}, "known decoy"), ({"rounds": 0}, "rounds")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"arms": ("nope",)}, "unknown arms"),
+        ({"budgets": (2.0,)}, "budgets"),
+        ({"datasets": ("folder:x",)}, "known decoy"),
+        ({"rounds": 0}, "rounds"),
+    ],
+)
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**bad)
@@ -122,7 +129,12 @@ def test_results_keep_an_arm_that_finished_before_those_listed_ahead_of_it():
     baseline_seed_0 = next(j for j in jobs if j[2] == "baseline" and j[3] == 0)
     arms = _results(cfg, jobs, {hitl_seed_1: r, baseline_seed_0: {**r, "acc": 0.5}})["datasets"]["decoy-mnist"]["arms"]
     assert list(arms) == ["baseline", hitl_seed_1[1]] and arms["baseline"] == {
-        "seeds": [0], "acc": [0.5], "min_loss": [0.3], "irrelevant_share": [0.2], "history": [[]]}
+        "seeds": [0],
+        "acc": [0.5],
+        "min_loss": [0.3],
+        "irrelevant_share": [0.2],
+        "history": [[]],
+    }
 
 
 @pytest.mark.slow

@@ -81,11 +81,14 @@ def fake_venv(tmp_path, body: str):
 
 
 def test_a_server_that_dies_reports_its_log(tmp_path):
-    venv = fake_venv(tmp_path, """
+    venv = fake_venv(
+        tmp_path,
+        """
         import sys
         print("django.db.utils.OperationalError: planted failure", flush=True)
         sys.exit(3)
-    """)
+    """,
+    )
     server = LabelStudioServer(tmp_path / "data", venv=venv, startup_timeout=30)
     with pytest.raises(RuntimeError, match="(?s)exited with code 3.*planted failure"):
         server.start()
@@ -93,11 +96,14 @@ def test_a_server_that_dies_reports_its_log(tmp_path):
 
 
 def test_a_server_that_never_answers_times_out_with_its_log(tmp_path):
-    venv = fake_venv(tmp_path, """
+    venv = fake_venv(
+        tmp_path,
+        """
         import time
         print("still migrating", flush=True)
         time.sleep(60)
-    """)
+    """,
+    )
     server = LabelStudioServer(tmp_path / "data", venv=venv, startup_timeout=2)
     with pytest.raises(TimeoutError, match="(?s)did not answer.*still migrating"):
         server.start()

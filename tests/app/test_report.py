@@ -25,8 +25,14 @@ def annotated_run(directory, n: int = 3) -> Run:
     ids = list(range(n + 2))
     run.ledger.record_pushed(1, 0, [(100 + i, i) for i in ids])
     for i in ids[:n]:
-        run.ledger.upsert_annotation(500 + i, task_id=100 + i, sample_id=i, project_id=1,
-                                     updated_at="2024-01-01T00:00:00Z", cells=run.grid.mask_to_cells(masks[i]))
+        run.ledger.upsert_annotation(
+            500 + i,
+            task_id=100 + i,
+            sample_id=i,
+            project_id=1,
+            updated_at="2024-01-01T00:00:00Z",
+            cells=run.grid.mask_to_cells(masks[i]),
+        )
     run.ledger.upsert_annotation(600, task_id=100 + n, sample_id=n, project_id=1, updated_at="2024-01-01T00:00:00Z",
                                  skip=True)  # fmt: skip
     run.train_next_round()
@@ -48,8 +54,10 @@ def run(tmp_path_factory):
 def test_asked_rows_count_answers_skips_and_pending():
     qs = [Question(0, 1, 1, 0, True, False), Question(0, 2, 0, 1, False, False), Question(0, 3, 0, 0, False, False),
           Question(1, 4, 2, 1, True, True)]  # fmt: skip
-    assert asked_rows(qs) == [AskedRow(0, asked=3, answered=1, skipped=1, pending=1, marked=1, label_fixes=0),
-                              AskedRow(1, asked=1, answered=1, skipped=0, pending=0, marked=1, label_fixes=1)]
+    assert asked_rows(qs) == [
+        AskedRow(0, asked=3, answered=1, skipped=1, pending=1, marked=1, label_fixes=0),
+        AskedRow(1, asked=1, answered=1, skipped=0, pending=0, marked=1, label_fixes=1),
+    ]
 
 
 @pytest.mark.slow

@@ -32,9 +32,11 @@ def answer(annotation_id, task_id, annotator, *, skip=False, fix=False, lead=Non
 def test_summary_counts_rounds_annotators_and_budget():
     pushed = [PushedTask(1, t, 100 + t, t // 10, "x") for t in (1, 2, 3, 4, 11, 12)]  # round 0: tasks 1-4; 1: 11-12
     answers = [
-        answer(1, 1, 7, lead=4.0), answer(2, 1, 8, fix=True, lead=30.0),  # task 1: two annotators
+        answer(1, 1, 7, lead=4.0),
+        answer(2, 1, 8, fix=True, lead=30.0),  # task 1: two annotators
         answer(3, 2, 7, skip=True, lead=2.0),  # task 2: only a skip
-        answer(4, 3, 8, skip=True), answer(5, 3, 7, fix=True, lead=10.0),  # task 3: a skip and an answer
+        answer(4, 3, 8, skip=True),
+        answer(5, 3, 7, fix=True, lead=10.0),  # task 3: a skip and an answer
         answer(6, 11, 7, lead=6.0),
         answer(7, 99, 7, lead=1000.0),  # a task this run did not push: left out
     ]  # task 4 and 12: pending
@@ -91,7 +93,9 @@ def test_status_without_label_studio_shows_the_ledger(offline_run, capsys):
     assert (r0["pushed"], r0["annotated"], r0["skipped"], r0["pending"], r0["label_corrections"]) == (3, 2, 1, 0, 1)
     assert r0["acc"] == 0.9
     assert [(a["annotator"], a["annotations"], a["median_lead_time_s"]) for a in status["annotators"]] == [
-        (3, 2, None), (4, 1, None)]
+        (3, 2, None),
+        (4, 1, None),
+    ]
     assert (status["budget"]["annotated_images"], status["budget"]["images"]) == (2, 6)
 
 

@@ -105,7 +105,9 @@ def test_round_penalises_annotated_rows_and_applies_label_fixes():
 
 def test_no_feedback_means_no_penalty():
     data = _data()
-    result = train_round(build_model("small-cnn", 3, 1, 8), data, Feedback(), GRID, TrainConfig(epochs=1, batch_size=16))
+    result = train_round(
+        build_model("small-cnn", 3, 1, 8), data, Feedback(), GRID, TrainConfig(epochs=1, batch_size=16)
+    )
     assert result.epochs[0].penalised_rows == 0 and result.epochs[0].penalty == 0
 
 
@@ -129,13 +131,17 @@ def _small_resnet() -> nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", [
-    # The setting the collapse was measured in: lambda 10, a constant rate, 16 rows on every step (the defaults
-    # then).
-    {"lam": 10.0, "lr_schedule": "constant", "replay": 16, "penalty_every": 1},
-    {},  # today's defaults: lambda 1, cosine, the batch-norm replay plan
-    {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (docs/speed.md)
-], ids=["as-measured", "defaults", "every-4th-step"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        # The setting the collapse was measured in: lambda 10, a constant rate, 16 rows on every step (the defaults
+        # then).
+        {"lam": 10.0, "lr_schedule": "constant", "replay": 16, "penalty_every": 1},
+        {},  # today's defaults: lambda 1, cosine, the batch-norm replay plan
+        {"replay": 8, "penalty_every": 4},  # the cheaper schedule measured for batch-norm models (docs/speed.md)
+    ],
+    ids=["as-measured", "defaults", "every-4th-step"],
+)
 def test_feedback_does_not_collapse_a_batchnorm_resnet(one_torch_thread, setting):
     """ResNet-18 collapsed under feedback (0.83 -> 0.17 on decoy-mnist-rgb) while the small CNN, which has no
     batch norm, did not. The same at small scale: 4 feedback rounds of 5 masks each, 620 steps. With the

@@ -11,7 +11,11 @@ from trainer.core.models import build_model
 
 def _tiny(seed=0, bn=False):
     torch.manual_seed(seed)
-    layers = [nn.Conv2d(1, 4, 3, padding=1)] + ([nn.BatchNorm2d(4)] if bn else []) + [nn.Softplus(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)]
+    layers = (
+        [nn.Conv2d(1, 4, 3, padding=1)]
+        + ([nn.BatchNorm2d(4)] if bn else [])
+        + [nn.Softplus(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)]
+    )
     return nn.Sequential(*layers)
 
 

@@ -25,7 +25,13 @@ def test_sizes_shapes_and_classes(decoy):
     assert train.image_shape == (1, 28, 28)
     assert train.classes == [str(k) for k in range(10)]
     x, y, sid = train[7]
-    assert x.shape == (1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1 and sid == 7 and y == int(train.labels[7])
+    assert (
+        x.shape == (1, 28, 28)
+        and 0 <= float(x.min())
+        and float(x.max()) <= 1
+        and sid == 7
+        and y == int(train.labels[7])
+    )
 
 
 def test_training_patch_encodes_the_label(decoy):

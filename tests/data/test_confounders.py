@@ -50,7 +50,9 @@ def test_training_confounder_determines_the_label_and_test_confounder_does_not(k
     assert agree < 0.3  # in test images the confounder names a random class
 
 
-@pytest.mark.parametrize("kind, share", [("frame", 1.0), ("texture", 1.0), ("watermark", 1.0), ("ruler", PARTIAL_SHARE)])
+@pytest.mark.parametrize(
+    "kind, share", [("frame", 1.0), ("texture", 1.0), ("watermark", 1.0), ("ruler", PARTIAL_SHARE)]
+)
 def test_share_of_images_carrying_the_confounder(kind, share):
     train, test = _load(kind, rgb=False)
     for ds in (train, test):
@@ -77,7 +79,10 @@ def test_rgb_default_size_is_112_and_masks_follow_the_resize():
 
 
 def test_registry_lists_every_confounder_in_both_forms_with_a_clean_twin():
-    assert set(CONFOUNDED) == {f"{k}-mnist{r}" for k in KINDS for r in ("", "-rgb")} | {"decoy-mnist", "decoy-mnist-rgb"}
+    assert set(CONFOUNDED) == {f"{k}-mnist{r}" for k in KINDS for r in ("", "-rgb")} | {
+        "decoy-mnist",
+        "decoy-mnist-rgb",
+    }
     for name in CONFOUNDED:
         assert DATASETS[DATASETS[name].clean].clean is None
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):

@@ -138,5 +138,3 @@ def test_top_cells_highest_first_ties_in_row_major_order(k, expected):
 )
 def test_irrelevant_share(sal, mask, expected):
     assert irrelevant_share(sal, mask).tolist() == pytest.approx([expected])
-
-

@@ -32,7 +32,7 @@ from label_config.names import (
     SKIP,
 )
 
-ODD_NAMES = ['a & b', '<tag>', 'say "hi"', "it's", "T-shirt/top", "5 > 3", "ünïcode", "tab\u00a0nbsp", "x,y", "9"]
+ODD_NAMES = ["a & b", "<tag>", 'say "hi"', "it's", "T-shirt/top", "5 > 3", "ünïcode", "tab\u00a0nbsp", "x,y", "9"]
 
 
 def _images(xml):
@@ -61,12 +61,15 @@ def test_point_and_area_tools_are_visibly_different():
     assert CELL_POINT_LABEL != CELL_RECT_LABEL
 
 
-@pytest.mark.parametrize("grid, display_px, size, grid_px", [
-    (Grid(28, 28, 7, 7), 224, ("224px", "224px"), "32"),
-    (Grid(224, 224, 14, 14), 224, ("224px", "224px"), "16"),
-    (Grid(32, 32, 8, 8), 256, ("256px", "256px"), "32"),
-    (Grid(30, 60, 3, 6), 240, ("240px", "120px"), "40"),
-])
+@pytest.mark.parametrize(
+    "grid, display_px, size, grid_px",
+    [
+        (Grid(28, 28, 7, 7), 224, ("224px", "224px"), "32"),
+        (Grid(224, 224, 14, 14), 224, ("224px", "224px"), "16"),
+        (Grid(32, 32, 8, 8), 256, ("256px", "256px"), "32"),
+        (Grid(30, 60, 3, 6), 240, ("240px", "120px"), "40"),
+    ],
+)
 def test_grid_size_traces_the_grid_cells_at_display_size(grid, display_px, size, grid_px):
     # LS's gridSize is in stage (displayed) pixels; the container is pinned to the display size.
     images = _images(build_config(["a", "b"], grid, display_px=display_px))
@@ -99,15 +102,18 @@ def test_the_image_is_required_and_the_overlay_is_an_optional_list():
         overlay_value("")
 
 
-@pytest.mark.parametrize("classes, match", [
-    ([], "empty"),
-    (["a", "b", "a"], "duplicate class names: \\['a'\\]"),
-    (["a", ""], "non-empty"),
-    (["a", " b"], "whitespace"),
-    (["a", "line\nbreak"], "control characters"),
-    (["a", "$price"], "data key"),
-    (["a", 3], "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        ([], "empty"),
+        (["a", "b", "a"], "duplicate class names: \\['a'\\]"),
+        (["a", ""], "non-empty"),
+        (["a", " b"], "whitespace"),
+        (["a", "line\nbreak"], "control characters"),
+        (["a", "$price"], "data key"),
+        (["a", 3], "non-empty string"),
+    ],
+)
 def test_bad_classes_raise(classes, match):
     with pytest.raises(ValueError, match=match):
         build_config(classes, Grid(28, 28, 7, 7))
@@ -137,13 +143,21 @@ def test_check_config_on_a_user_edited_config():
     assert dict(controls.objects) == {"photo": "image", "heat": "image"}
 
 
-@pytest.mark.parametrize("xml, match", [
-    ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>',
-     "no RectangleLabels or KeyPointLabels control"),
-    ('<View><Text name="t" value="$text"/><KeyPointLabels name="k" toName="t"><Label value="x"/>'
-     '</KeyPointLabels></View>', "not an Image"),
-    ("<View><Image name='i'", "not valid XML"),
-])
+@pytest.mark.parametrize(
+    "xml, match",
+    [
+        (
+            '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>',
+            "no RectangleLabels or KeyPointLabels control",
+        ),
+        (
+            '<View><Text name="t" value="$text"/><KeyPointLabels name="k" toName="t"><Label value="x"/>'
+            "</KeyPointLabels></View>",
+            "not an Image",
+        ),
+        ("<View><Image name='i'", "not valid XML"),
+    ],
+)
 def test_check_config_rejects_configs_that_cannot_mark_cells(xml, match):
     with pytest.raises(ValueError, match=match):
         check_config(xml)
@@ -158,8 +172,14 @@ def test_suggestion_result_is_a_valid_prediction_for_the_config():
     first = items[0]
     assert (first["from_name"], first["to_name"], first["type"]) == (CELL_RECT, ANNOTATED, "rectanglelabels")
     assert (first["original_width"], first["original_height"]) == (224, 224)
-    assert first["value"] == {"x": 0.0, "y": 0.0, "width": 100 / 7, "height": 100 / 7, "rotation": 0,
-                              "rectanglelabels": [CELL_RECT_LABEL]}
+    assert first["value"] == {
+        "x": 0.0,
+        "y": 0.0,
+        "width": 100 / 7,
+        "height": 100 / 7,
+        "rotation": 0,
+        "rectanglelabels": [CELL_RECT_LABEL],
+    }
     assert first["score"] == 0.75
 
 

@@ -38,9 +38,20 @@ CLASSES = ["zero", "one", "two"]
 
 
 def rect(x, y, w, h, rotation=0.0, *, rid="r1", grid=None, **extra):
-    item = {"id": rid, "from_name": CELL_RECT, "to_name": "image", "type": "rectanglelabels",
-            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation,
-                      "rectanglelabels": ["Irrelevant area"]}}
+    item = {
+        "id": rid,
+        "from_name": CELL_RECT,
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {
+            "x": x,
+            "y": y,
+            "width": w,
+            "height": h,
+            "rotation": rotation,
+            "rectanglelabels": ["Irrelevant area"],
+        },
+    }
     if grid is not None:
         item.update(original_width=grid.width, original_height=grid.height)
     item.update(extra)
@@ -48,8 +59,13 @@ def rect(x, y, w, h, rotation=0.0, *, rid="r1", grid=None, **extra):
 
 
 def point(x, y, *, rid="p1"):
-    return {"id": rid, "from_name": CELL_POINT, "to_name": "image", "type": "keypointlabels",
-            "value": {"x": x, "y": y, "width": 1.0, "keypointlabels": ["Irrelevant cell"]}}
+    return {
+        "id": rid,
+        "from_name": CELL_POINT,
+        "to_name": "image",
+        "type": "keypointlabels",
+        "value": {"x": x, "y": y, "width": 1.0, "keypointlabels": ["Irrelevant cell"]},
+    }
 
 
 def only(grid, *cells):
@@ -61,10 +77,12 @@ def only(grid, *cells):
 
 def grid_and_cell():
     return st.sampled_from(GRIDS).flatmap(
-        lambda g: st.tuples(st.just(g), st.integers(0, g.rows - 1), st.integers(0, g.cols - 1)))
+        lambda g: st.tuples(st.just(g), st.integers(0, g.rows - 1), st.integers(0, g.cols - 1))
+    )
 
 
 # --- rectangles -------------------------------------------------------------------------------
+
 
 @given(grid_and_cell(), st.sampled_from([0.0, 1e-6, -1e-6, 1e-9]))
 def test_rectangle_covering_a_cell_marks_only_that_cell_despite_rounding(gc, noise):
@@ -85,9 +103,13 @@ def test_edge_and_corner_cells(grid):
     assert regions_to_cells([rect(-0.01, -0.01, 100.02, 100.02)], grid).all()
 
 
-@given(st.sampled_from(GRIDS).flatmap(
-    lambda g: st.tuples(st.just(g), st.lists(st.tuples(st.integers(0, g.rows - 1), st.integers(0, g.cols - 1)),
-                                             max_size=20))))
+@given(
+    st.sampled_from(GRIDS).flatmap(
+        lambda g: st.tuples(
+            st.just(g), st.lists(st.tuples(st.integers(0, g.rows - 1), st.integers(0, g.cols - 1)), max_size=20)
+        )
+    )
+)
 def test_suggestion_result_round_trips_through_regions_to_cells(grid_cells):
     grid, cells = grid_cells
     items = suggestion_result(cells, grid, display_px=10 * grid.cols)
@@ -95,8 +117,9 @@ def test_suggestion_result_round_trips_through_regions_to_cells(grid_cells):
 
 
 @pytest.mark.parametrize("grid", [Grid(28, 28, 7, 7), Grid(30, 50, 3, 5)], ids=str)
-@pytest.mark.parametrize("rotation, dr, dc", [(0, 0, 0), (90, 0, -1), (180, -1, -1), (270, -1, 0),
-                                              (360, 0, 0), (-90, -1, 0), (450, 0, -1)])
+@pytest.mark.parametrize(
+    "rotation, dr, dc", [(0, 0, 0), (90, 0, -1), (180, -1, -1), (270, -1, 0), (360, 0, 0), (-90, -1, 0), (450, 0, -1)]
+)
 def test_right_angle_rotation_about_top_left_corner(grid, rotation, dr, dc):
     # A cell-sized square turned about its top-left corner (clockwise, y down) lands on a neighbour.
     r, c = 1, 2
@@ -157,19 +180,22 @@ def test_zero_size_rectangle_marks_the_cell_holding_it(grid):
     assert regions_to_cells([rect(x + w / 2, 0, 0, 100)], grid).sum() == 1
 
 
-@pytest.mark.parametrize("value, problem", [
-    (dict(x=float("nan")), "finite"),
-    (dict(y=float("inf")), "finite"),
-    (dict(rotation=float("nan")), "finite"),
-    (dict(width=-1.0), ">= 0"),
-    (dict(height=-0.5), ">= 0"),
-    (dict(x=150.0), "outside"),
-    (dict(y=-3.0), "outside"),
-    (dict(x=90.0, width=20.0), "outside"),
-    (dict(rotation=45.0, x=95.0, y=0.0), "outside"),
-    (dict(x="10"), "number"),
-    (dict(x=None), "number"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (dict(x=float("nan")), "finite"),
+        (dict(y=float("inf")), "finite"),
+        (dict(rotation=float("nan")), "finite"),
+        (dict(width=-1.0), ">= 0"),
+        (dict(height=-0.5), ">= 0"),
+        (dict(x=150.0), "outside"),
+        (dict(y=-3.0), "outside"),
+        (dict(x=90.0, width=20.0), "outside"),
+        (dict(rotation=45.0, x=95.0, y=0.0), "outside"),
+        (dict(x="10"), "number"),
+        (dict(x=None), "number"),
+    ],
+)
 def test_malformed_rectangle_raises_naming_task_annotation_and_region(value, problem):
     grid = Grid(28, 28, 7, 7)
     item = rect(10.0, 10.0, 10.0, 10.0, rid="reg-7")
@@ -180,6 +206,7 @@ def test_malformed_rectangle_raises_naming_task_annotation_and_region(value, pro
 
 
 # --- keypoints --------------------------------------------------------------------------------
+
 
 @given(grid_and_cell(), st.floats(0.01, 0.99), st.floats(0.01, 0.99))
 def test_keypoint_marks_the_cell_under_it(gc, fx, fy):
@@ -226,19 +253,28 @@ def test_rectangle_and_keypoint_combine():
 
 # --- annotations ------------------------------------------------------------------------------
 
+
 def choice(name, *values):
-    return {"id": f"ch-{name}", "from_name": name, "to_name": "image", "type": "choices",
-            "value": {"choices": list(values)}}
+    return {
+        "id": f"ch-{name}",
+        "from_name": name,
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": list(values)},
+    }
 
 
-@pytest.mark.parametrize("result, label_fix, skip", [
-    ([], None, False),
-    ([choice(LABEL_CHECK, LABEL_WRONG), choice(CORRECT_LABEL, "two")], 2, False),
-    ([choice(CORRECT_LABEL, "one")], 1, False),
-    ([choice(LABEL_CHECK, LABEL_OK), choice(CORRECT_LABEL, "two")], None, False),  # hidden choice lingering
-    ([choice(LABEL_CHECK, LABEL_WRONG)], None, False),
-    ([choice(SKIP, SKIP_CHOICE)], None, True),
-])
+@pytest.mark.parametrize(
+    "result, label_fix, skip",
+    [
+        ([], None, False),
+        ([choice(LABEL_CHECK, LABEL_WRONG), choice(CORRECT_LABEL, "two")], 2, False),
+        ([choice(CORRECT_LABEL, "one")], 1, False),
+        ([choice(LABEL_CHECK, LABEL_OK), choice(CORRECT_LABEL, "two")], None, False),  # hidden choice lingering
+        ([choice(LABEL_CHECK, LABEL_WRONG)], None, False),
+        ([choice(SKIP, SKIP_CHOICE)], None, True),
+    ],
+)
 def test_parse_annotation_reads_label_fix_and_skip(result, label_fix, skip):
     grid = Grid(28, 28, 7, 7)
     fb = parse_annotation(result + [point(1, 1)], grid, CLASSES, task_id=1, annotation_id=2)
@@ -270,6 +306,7 @@ def test_parse_annotation_follows_a_renamed_config():
 
 
 # --- combining annotators ----------------------------------------------------------------------
+
 
 @given(st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=5))
 def test_combine_cells_union_and_majority(rows):
@@ -347,11 +384,19 @@ def test_an_annotation_over_the_region_cap_is_refused_before_rasterising():
 
 
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400).map(lambda n: -n),
-    st.just(HUGE), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**400).map(lambda n: -n),
+    st.just(HUGE),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
 )
-_GARBAGE = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
-                        | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
+_GARBAGE = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
 _NUMBERISH = st.one_of(st.floats(-10, 110), st.just(HUGE), _GARBAGE)  # HUGE on its own: it slipped through
 
 
@@ -359,15 +404,26 @@ _NUMBERISH = st.one_of(st.floats(-10, 110), st.just(HUGE), _GARBAGE)  # HUGE on 
 def _malformed_item(draw):
     """A result item near a real one: the right keys with garbage (or missing) values, or garbage outright."""
     kind = draw(st.sampled_from(["rectanglelabels", "rectangle", "keypointlabels", "choices", "polygonlabels"]))
-    keys = {"rectanglelabels": ["x", "y", "width", "height", "rotation"], "rectangle": ["x", "y", "width", "height"],
-            "keypointlabels": ["x", "y", "width"], "polygonlabels": ["points"], "choices": ["choices"]}[kind]
+    keys = {
+        "rectanglelabels": ["x", "y", "width", "height", "rotation"],
+        "rectangle": ["x", "y", "width", "height"],
+        "keypointlabels": ["x", "y", "width"],
+        "polygonlabels": ["points"],
+        "choices": ["choices"],
+    }[kind]
     value = {k: draw(_NUMBERISH) for k in keys if draw(st.booleans()) or kind == "choices"}
     if kind == "choices":
-        value["choices"] = draw(st.one_of(st.lists(st.one_of(st.sampled_from(CLASSES + [SKIP_CHOICE, LABEL_OK]),
-                                                             _GARBAGE), max_size=3), _GARBAGE))
-    item = {"id": draw(_GARBAGE), "type": draw(st.one_of(st.just(kind), _GARBAGE)),
-            "from_name": draw(st.sampled_from([CORRECT_LABEL, LABEL_CHECK, SKIP, CELL_RECT])),
-            "value": draw(st.one_of(st.just(value), _GARBAGE))}
+        value["choices"] = draw(
+            st.one_of(
+                st.lists(st.one_of(st.sampled_from(CLASSES + [SKIP_CHOICE, LABEL_OK]), _GARBAGE), max_size=3), _GARBAGE
+            )
+        )
+    item = {
+        "id": draw(_GARBAGE),
+        "type": draw(st.one_of(st.just(kind), _GARBAGE)),
+        "from_name": draw(st.sampled_from([CORRECT_LABEL, LABEL_CHECK, SKIP, CELL_RECT])),
+        "value": draw(st.one_of(st.just(value), _GARBAGE)),
+    }
     for key in ("original_width", "original_height"):
         if draw(st.booleans()):
             item[key] = draw(st.one_of(st.integers(1, 2000), _GARBAGE))

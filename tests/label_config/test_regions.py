@@ -57,8 +57,13 @@ def keypoint(x, y, *, rid="k1", kind="keypointlabels"):
 
 
 def brush(rle, height, width, *, rid="b1", kind="brushlabels"):
-    return {"id": rid, "type": kind, "original_height": height, "original_width": width,
-            "value": {"format": "rle", "rle": rle, "brushlabels": ["Irrelevant area"]}}
+    return {
+        "id": rid,
+        "type": kind,
+        "original_height": height,
+        "original_width": width,
+        "value": {"format": "rle", "rle": rle, "brushlabels": ["Irrelevant area"]},
+    }
 
 
 def centres_in(xs, ys, height, width):
@@ -86,14 +91,18 @@ def box(height, width, r0, r1, c0, c1):
 
 # --- rectangles -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["rectanglelabels", "rectangle"])
-@pytest.mark.parametrize("rotation, rows, cols", [
-    (0, (4, 8), (8, 12)),     # 4 x 4 pixels from (x, y) = (8, 4)
-    (90, (4, 8), (4, 8)),     # turned clockwise about its top-left corner: to the left of it
-    (180, (0, 4), (4, 8)),
-    (-90, (0, 4), (8, 12)),
-    (450, (4, 8), (4, 8)),
-])
+@pytest.mark.parametrize(
+    "rotation, rows, cols",
+    [
+        (0, (4, 8), (8, 12)),  # 4 x 4 pixels from (x, y) = (8, 4)
+        (90, (4, 8), (4, 8)),  # turned clockwise about its top-left corner: to the left of it
+        (180, (0, 4), (4, 8)),
+        (-90, (0, 4), (8, 12)),
+        (450, (4, 8), (4, 8)),
+    ],
+)
 def test_right_angle_rectangle_covers_whole_pixels(kind, rotation, rows, cols):
     h, w = 16, 20
     item = rect(8 * 100 / w, 4 * 100 / h, 4 * 100 / w, 4 * 100 / h, rotation, kind=kind)
@@ -126,15 +135,23 @@ def test_a_cell_sized_rectangle_covers_exactly_its_cell_despite_float_noise(grid
             assert cells.sum() == 1 and cells[r, c]
 
 
-@pytest.mark.parametrize("item", [rect(30.0, 30.0, 0.0, 0.0), rect(30.0, 30.0, 0.5, 0.5),
-                                  ellipse(30.0, 30.0, 0.01, 0.01), polygon([[30, 30], [30.2, 30], [30, 30.2]])],
-                         ids=["zero-size", "between-centres", "tiny-ellipse", "tiny-polygon"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        rect(30.0, 30.0, 0.0, 0.0),
+        rect(30.0, 30.0, 0.5, 0.5),
+        ellipse(30.0, 30.0, 0.01, 0.01),
+        polygon([[30, 30], [30.2, 30], [30, 30.2]]),
+    ],
+    ids=["zero-size", "between-centres", "tiny-ellipse", "tiny-polygon"],
+)
 def test_a_shape_smaller_than_a_pixel_is_the_pixel_under_it(item):
     mask = region_mask(item, 20, 20)  # 30 % of 20 px = pixel 6
     assert mask.sum() == 1 and mask[6, 6]
 
 
 # --- polygons, ellipses, keypoints -------------------------------------------------------------
+
 
 def test_triangle_polygon():
     mask = region_mask(polygon([[10, 10], [90, 10], [10, 90]]), 10, 10)
@@ -143,8 +160,10 @@ def test_triangle_polygon():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.floats(-0.05, 100.05), st.floats(-0.05, 100.05)), min_size=3, max_size=25),
-       st.sampled_from([(13, 17), (28, 28), (40, 24)]))
+@given(
+    st.lists(st.tuples(st.floats(-0.05, 100.05), st.floats(-0.05, 100.05)), min_size=3, max_size=25),
+    st.sampled_from([(13, 17), (28, 28), (40, 24)]),
+)
 def test_polygon_matches_the_oracle_even_self_intersecting(points, size):
     h, w = size
     xy = np.array(points) * [w / 100.0, h / 100.0]
@@ -178,14 +197,24 @@ def test_ellipse_turned_90_degrees_swaps_its_axes():
 
 
 @pytest.mark.parametrize("kind", ["keypointlabels", "keypoint"])
-@pytest.mark.parametrize("x, y, pixel", [(12.5, 12.5, (2, 2)), (10.0, 10.0, (2, 2)), (10.0 - 1e-9, 10.0, (2, 2)),
-                                         (0.0, 0.0, (0, 0)), (100.0, 100.0, (19, 19)), (100.01, -0.01, (0, 19))])
+@pytest.mark.parametrize(
+    "x, y, pixel",
+    [
+        (12.5, 12.5, (2, 2)),
+        (10.0, 10.0, (2, 2)),
+        (10.0 - 1e-9, 10.0, (2, 2)),
+        (0.0, 0.0, (0, 0)),
+        (100.0, 100.0, (19, 19)),
+        (100.01, -0.01, (0, 19)),
+    ],
+)
 def test_keypoint_is_the_pixel_under_it(kind, x, y, pixel):
     mask = region_mask(keypoint(x, y, kind=kind), 20, 20)
     assert mask.sum() == 1 and mask[pixel]
 
 
 # --- parity with rasterise --------------------------------------------------------------------
+
 
 @st.composite
 def pixel_rectangles(draw):
@@ -213,13 +242,25 @@ def _grown(grid, x, y, w, h, rotation, d):
     """The rectangle (pixels) grown by d pixels on every side (shrunk for d < 0), as a percent item."""
     t = math.radians(rotation)
     ox, oy = -d * math.cos(t) + d * math.sin(t), -d * math.sin(t) - d * math.cos(t)
-    return rect(100 * (x + ox) / grid.width, 100 * (y + oy) / grid.height, 100 * (w + 2 * d) / grid.width,
-                100 * (h + 2 * d) / grid.height, rotation, size=(grid.height, grid.width))
+    return rect(
+        100 * (x + ox) / grid.width,
+        100 * (y + oy) / grid.height,
+        100 * (w + 2 * d) / grid.width,
+        100 * (h + 2 * d) / grid.height,
+        rotation,
+        size=(grid.height, grid.width),
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(st.sampled_from(GRIDS[:1] + GRIDS[2:]), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1),
-       st.floats(-360, 360))
+@given(
+    st.sampled_from(GRIDS[:1] + GRIDS[2:]),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(-360, 360),
+)
 def test_any_rectangle_is_within_a_pixel_of_rasterises_cells(grid, fx, fy, fw, fh, rotation):
     # Pixel centres decide here, exact areas there: the cells agree up to a pixel at the rectangle's edge.
     x, y = 2 + fx * (grid.width - 4), 2 + fy * (grid.height - 4)
@@ -243,6 +284,7 @@ def test_keypoints_give_rasterises_cell(grid, x, y):
 
 # --- mask -> cells ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("min_fraction, cells", [(1e-6, 2), (0.25, 2), (0.5, 1), (1.0, 1)])
 def test_mask_to_cells_counts_a_cell_at_min_fraction(min_fraction, cells):
     grid = Grid(8, 8, 2, 2)  # 4 x 4 pixel cells
@@ -250,13 +292,16 @@ def test_mask_to_cells_counts_a_cell_at_min_fraction(min_fraction, cells):
     assert mask_to_cells(mask, grid, min_fraction).sum() == cells
 
 
-@pytest.mark.parametrize("args, problem", [
-    ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), 0.0), "min_fraction"),
-    ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), 1.5), "min_fraction"),
-    ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), True), "min_fraction"),
-    ((np.zeros((8, 9), bool), Grid(8, 8, 2, 2), 0.5), "shape"),
-    ((np.zeros((8, 8), bool), (8, 8, 2, 2), 0.5), "Grid"),
-])
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), 0.0), "min_fraction"),
+        ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), 1.5), "min_fraction"),
+        ((np.zeros((8, 8), bool), Grid(8, 8, 2, 2), True), "min_fraction"),
+        ((np.zeros((8, 9), bool), Grid(8, 8, 2, 2), 0.5), "shape"),
+        ((np.zeros((8, 8), bool), (8, 8, 2, 2), 0.5), "Grid"),
+    ],
+)
 def test_mask_to_cells_refuses_bad_arguments(args, problem):
     with pytest.raises(ValueError, match=problem):
         mask_to_cells(*args)
@@ -265,7 +310,8 @@ def test_mask_to_cells_refuses_bad_arguments(args, problem):
 # --- brushes ----------------------------------------------------------------------------------
 
 masks = st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(0, 2**32 - 1), st.floats(0.05, 0.95)).map(
-    lambda a: np.random.default_rng(a[2]).random((a[0], a[1])) < a[3])
+    lambda a: np.random.default_rng(a[2]).random((a[0], a[1])) < a[3]
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -300,24 +346,27 @@ def test_resample_nearest_samples_at_pixel_centres():
 GOOD_RLE = mask2rle(np.full((3, 4), 255, np.uint8))  # a 3 x 4 image
 
 
-@pytest.mark.parametrize("change, problem", [
-    (dict(rle=GOOD_RLE[:-2]), "corrupt rle: ValueError"),                      # truncated
-    (dict(rle=GOOD_RLE[:5]), "shorter than its 53-bit header"),
-    (dict(rle=[0, 0, 0, 47] + GOOD_RLE[4:]), "holds 47 values, the image needs 48"),
-    (dict(rle=[255] * 10), "holds 4294967295 values"),
-    (dict(rle=GOOD_RLE + [0] * 200), "more than 48 values can need"),
-    (dict(rle=[1, 2, 300]), r"rle\[2\] must be an int in 0..255, got 300"),
-    (dict(rle=[1, True, 3]), r"rle\[1\] must be an int"),
-    (dict(rle=[1, 2.0, 3]), r"rle\[1\] must be an int"),
-    (dict(rle="AAAB"), "rle must be a non-empty list"),
-    (dict(rle=[]), "rle must be a non-empty list"),
-    (dict(format="png"), "format must be 'rle', got 'png'"),
-    (dict(original_width=None), "original_width must be an integer"),
-    (dict(original_height=3.0), "original_height must be an integer"),
-    (dict(original_height=0), "original_height must be an integer"),
-    (dict(original_height=10**12), "original_height must be an integer"),
-    (dict(original_height=20_000, original_width=20_000), "over 100000000 pixels"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (dict(rle=GOOD_RLE[:-2]), "corrupt rle: ValueError"),  # truncated
+        (dict(rle=GOOD_RLE[:5]), "shorter than its 53-bit header"),
+        (dict(rle=[0, 0, 0, 47] + GOOD_RLE[4:]), "holds 47 values, the image needs 48"),
+        (dict(rle=[255] * 10), "holds 4294967295 values"),
+        (dict(rle=GOOD_RLE + [0] * 200), "more than 48 values can need"),
+        (dict(rle=[1, 2, 300]), r"rle\[2\] must be an int in 0..255, got 300"),
+        (dict(rle=[1, True, 3]), r"rle\[1\] must be an int"),
+        (dict(rle=[1, 2.0, 3]), r"rle\[1\] must be an int"),
+        (dict(rle="AAAB"), "rle must be a non-empty list"),
+        (dict(rle=[]), "rle must be a non-empty list"),
+        (dict(format="png"), "format must be 'rle', got 'png'"),
+        (dict(original_width=None), "original_width must be an integer"),
+        (dict(original_height=3.0), "original_height must be an integer"),
+        (dict(original_height=0), "original_height must be an integer"),
+        (dict(original_height=10**12), "original_height must be an integer"),
+        (dict(original_height=20_000, original_width=20_000), "over 100000000 pixels"),
+    ],
+)
 def test_corrupt_brush_raises_naming_the_region(change, problem):
     item = brush(GOOD_RLE, 3, 4, rid="stroke-9")
     for key, value in change.items():
@@ -332,36 +381,40 @@ def test_corrupt_brush_raises_naming_the_region(change, problem):
 
 # --- validation ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("item, problem", [
-    (rect(float("nan"), 1, 1, 1), "x must be finite, got nan"),
-    (rect(1, float("inf"), 1, 1), "y must be finite"),
-    (rect(1, 1, 1, 1, float("nan")), "rotation must be finite"),
-    (rect(10**400, 1, 1, 1), "x must be finite"),
-    (rect(True, 1, 1, 1), "x must be a number, got True"),
-    (rect("10", 1, 1, 1), "x must be a number, got '10'"),
-    (rect(1, 1, -1.0, 1), "width and height must be >= 0"),
-    (rect(95.0, 1, 10, 1), "outside 0..100 %"),
-    (rect(-0.06, 1, 1, 1), "outside 0..100 %"),
-    (rect(95.0, 0.0, 10, 10, 45), "outside 0..100 %"),
-    ({"id": "r1", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 1}}, "height is missing"),
-    ({**rect(1, 1, 1, 1), "original_width": -5}, "original size must be positive"),
-    (polygon([[1, 2], [3, 4]]), "a polygon needs 3..10000 points, got 2"),
-    (polygon([[1, 2]] * (MAX_POLYGON_POINTS + 1)), "got 10001"),
-    (polygon("1,2 3,4 5,6"), "points must be a list"),
-    (polygon([[1, 2], [3, 4], [5]]), r"points\[2\] must be an \[x, y\] pair"),
-    (polygon([[1, 2], [3, 4], [5, 101]]), r"points\[2\]\[1\]=101.0 falls outside"),
-    (polygon([[1, 2], [3, 4], [5, None]]), r"points\[2\]\[1\] must be a number, got None"),
-    (ellipse(50, 50, 0, 10), "radiusX and radiusY must be in"),
-    (ellipse(50, 50, 10, -1), "radiusX and radiusY must be in"),
-    (ellipse(50, 50, 10, 150), "radiusX and radiusY must be in"),
-    (ellipse(50, 120, 10, 10), "y=120.0 falls outside"),
-    (keypoint(101, 5), "x=101.0 falls outside"),
-    (keypoint(float("nan"), 5), "x must be finite"),
-    ({**keypoint(1, 1), "value": {"x": 1, "y": 1, "width": -2}}, "width must be >= 0"),
-    ({**keypoint(1, 1), "value": [1, 2]}, "value must be an object"),
-    ({**keypoint(1, 1), "type": "choices"}, "type must be one of"),
-    ({**keypoint(1, 1), "type": None}, "type must be one of"),
-])
+
+@pytest.mark.parametrize(
+    "item, problem",
+    [
+        (rect(float("nan"), 1, 1, 1), "x must be finite, got nan"),
+        (rect(1, float("inf"), 1, 1), "y must be finite"),
+        (rect(1, 1, 1, 1, float("nan")), "rotation must be finite"),
+        (rect(10**400, 1, 1, 1), "x must be finite"),
+        (rect(True, 1, 1, 1), "x must be a number, got True"),
+        (rect("10", 1, 1, 1), "x must be a number, got '10'"),
+        (rect(1, 1, -1.0, 1), "width and height must be >= 0"),
+        (rect(95.0, 1, 10, 1), "outside 0..100 %"),
+        (rect(-0.06, 1, 1, 1), "outside 0..100 %"),
+        (rect(95.0, 0.0, 10, 10, 45), "outside 0..100 %"),
+        ({"id": "r1", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 1}}, "height is missing"),
+        ({**rect(1, 1, 1, 1), "original_width": -5}, "original size must be positive"),
+        (polygon([[1, 2], [3, 4]]), "a polygon needs 3..10000 points, got 2"),
+        (polygon([[1, 2]] * (MAX_POLYGON_POINTS + 1)), "got 10001"),
+        (polygon("1,2 3,4 5,6"), "points must be a list"),
+        (polygon([[1, 2], [3, 4], [5]]), r"points\[2\] must be an \[x, y\] pair"),
+        (polygon([[1, 2], [3, 4], [5, 101]]), r"points\[2\]\[1\]=101.0 falls outside"),
+        (polygon([[1, 2], [3, 4], [5, None]]), r"points\[2\]\[1\] must be a number, got None"),
+        (ellipse(50, 50, 0, 10), "radiusX and radiusY must be in"),
+        (ellipse(50, 50, 10, -1), "radiusX and radiusY must be in"),
+        (ellipse(50, 50, 10, 150), "radiusX and radiusY must be in"),
+        (ellipse(50, 120, 10, 10), "y=120.0 falls outside"),
+        (keypoint(101, 5), "x=101.0 falls outside"),
+        (keypoint(float("nan"), 5), "x must be finite"),
+        ({**keypoint(1, 1), "value": {"x": 1, "y": 1, "width": -2}}, "width must be >= 0"),
+        ({**keypoint(1, 1), "value": [1, 2]}, "value must be an object"),
+        ({**keypoint(1, 1), "type": "choices"}, "type must be one of"),
+        ({**keypoint(1, 1), "type": None}, "type must be one of"),
+    ],
+)
 def test_bad_region_raises_naming_type_id_and_value(item, problem):
     with pytest.raises(RegionError, match=problem) as err:
         region_mask(item, 20, 20)
@@ -369,8 +422,9 @@ def test_bad_region_raises_naming_type_id_and_value(item, problem):
     assert f"{kind} region {item['id']!r}: " in str(err.value)
 
 
-@pytest.mark.parametrize("args", [("not a dict", 4, 4), (keypoint(1, 1), 0, 4), (keypoint(1, 1), 4, True),
-                                  (keypoint(1, 1), 4.0, 4)])
+@pytest.mark.parametrize(
+    "args", [("not a dict", 4, 4), (keypoint(1, 1), 0, 4), (keypoint(1, 1), 4, True), (keypoint(1, 1), 4.0, 4)]
+)
 def test_bad_call_raises_value_error(args):
     with pytest.raises(ValueError):
         region_mask(*args)
@@ -379,14 +433,19 @@ def test_bad_call_raises_value_error(args):
 junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400) | st.floats() | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-    max_leaves=12)
+    max_leaves=12,
+)
 keys = st.sampled_from(["x", "y", "width", "height", "rotation", "radiusX", "radiusY", "points", "rle", "format"])
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(MASK_TYPES + ("Polygon", "choices", 3)), st.dictionaries(keys, junk, max_size=6),
-       st.dictionaries(st.sampled_from(["original_width", "original_height", "id"]), junk, max_size=3),
-       st.integers(1, 12), st.integers(1, 12))
+@given(
+    st.sampled_from(MASK_TYPES + ("Polygon", "choices", 3)),
+    st.dictionaries(keys, junk, max_size=6),
+    st.dictionaries(st.sampled_from(["original_width", "original_height", "id"]), junk, max_size=3),
+    st.integers(1, 12),
+    st.integers(1, 12),
+)
 def test_garbage_raises_only_value_error(kind, value, extra, h, w):
     try:
         mask = region_mask({"type": kind, "value": value, **extra}, h, w)
@@ -408,6 +467,7 @@ def test_garbage_rle_with_a_right_header_raises_only_value_error(body):
 
 
 # --- mask -> polygons (suggestions) -----------------------------------------------------------
+
 
 def _holes_filled(mask):
     """Oracle: the mask plus every background pixel not 4-connected to the outside."""
@@ -453,6 +513,7 @@ def test_mask_functions_refuse_bad_masks(bad):
 
 
 # --- the scanline and its speed -----------------------------------------------------------------
+
 
 def test_fill_polygon_is_half_open_like_the_grid():
     square = fill_polygon(np.array([2.5, 5.5, 5.5, 2.5]), np.array([1.5, 1.5, 3.5, 3.5]), 6, 8)

@@ -19,8 +19,10 @@ from label_config.snippet import (
     starter_config,
 )
 
-STOCK = ('<View><Image name="image" value="$image"/><Choices name="choice" toName="image">'
-         '<Choice value="Cat"/><Choice value="Dog"/></Choices></View>')
+STOCK = (
+    '<View><Image name="image" value="$image"/><Choices name="choice" toName="image">'
+    '<Choice value="Cat"/><Choice value="Dog"/></Choices></View>'
+)
 # A team's layout: another image name, a comment and nesting that the merge must keep.
 TEAM = """<View>
   <!-- our wildlife project -->
@@ -44,8 +46,9 @@ def _assert_feedback(xml, image, tag):
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
-@pytest.mark.parametrize("xml, image, classes", [(STOCK, "image", ("Cat", "Dog")),
-                                                 (TEAM, "photo", ("Red fox", "Badger"))])
+@pytest.mark.parametrize(
+    "xml, image, classes", [(STOCK, "image", ("Cat", "Dog")), (TEAM, "photo", ("Red fox", "Badger"))]
+)
 def test_merged_config_parses_and_finds_the_feedback_tool(xml, image, classes, tool):
     merged = merge_snippet(xml, tool=tool)
     config = _assert_feedback(merged, image, TOOLS[tool].lower())
@@ -64,14 +67,21 @@ def test_an_explicit_snippet_is_merged_as_given():
     assert parse_project_config(merged).feedback.name == "marks"
 
 
-@pytest.mark.parametrize("xml, snippet, match", [
-    (merge_snippet(STOCK), None, f"already has a feedback tool over 'image': '{FEEDBACK_CONTROL}'"),
-    (build_config(["a", "b"], Grid(28, 28, 7, 7)), None, "already has a feedback tool over 'image': 'irrelevant_area'"),
-    (STOCK, feedback_snippet("image", name="choice"), r"names \['choice'\] are already used"),
-    (STOCK, feedback_snippet("photo"), r"must point at one Image of the config \(images: \['image'\]\)"),
-    (STOCK, "<View><RectangleLabels", "snippet is not valid XML"),
-    ('<View><Image name="image" value="$image"/></View>', None, "no Choices control over an Image"),
-])
+@pytest.mark.parametrize(
+    "xml, snippet, match",
+    [
+        (merge_snippet(STOCK), None, f"already has a feedback tool over 'image': '{FEEDBACK_CONTROL}'"),
+        (
+            build_config(["a", "b"], Grid(28, 28, 7, 7)),
+            None,
+            "already has a feedback tool over 'image': 'irrelevant_area'",
+        ),
+        (STOCK, feedback_snippet("image", name="choice"), r"names \['choice'\] are already used"),
+        (STOCK, feedback_snippet("photo"), r"must point at one Image of the config \(images: \['image'\]\)"),
+        (STOCK, "<View><RectangleLabels", "snippet is not valid XML"),
+        ('<View><Image name="image" value="$image"/></View>', None, "no Choices control over an Image"),
+    ],
+)
 def test_merge_refuses_with_a_reason(xml, snippet, match):
     with pytest.raises(ValueError, match=match):
         merge_snippet(xml, snippet)

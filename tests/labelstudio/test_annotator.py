@@ -22,5 +22,7 @@ def test_simulated_annotator_marks_exactly_the_decoy_cell():
 @pytest.mark.parametrize("miss, wrong, expect", [(1.0, 0.0, 0), (0.0, 1.0, 2)])
 def test_simulated_annotator_misses_and_adds_wrong_cells(miss, wrong, expect):
     grid = Grid.from_cell_px(28, 28, 4)
-    cells = simulated_cells(_decoy_mask(), grid, AnnotatorConfig(miss_rate=miss, wrong_rate=wrong), np.random.default_rng(0))
+    cells = simulated_cells(
+        _decoy_mask(), grid, AnnotatorConfig(miss_rate=miss, wrong_rate=wrong), np.random.default_rng(0)
+    )
     assert cells.sum() == expect

@@ -128,4 +128,3 @@ def test_an_exp_that_is_not_a_finite_number_is_refused_at_start(exp):
     token = jwt(json.dumps({"token_type": "refresh", "exp": exp}).encode())  # json.dumps writes NaN, as a forger can
     with pytest.raises(AuthError, match="'exp' is .* not a finite number"):
         LabelStudioAuth("http://ls:8080", token)
-

@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 from label_config.names import CELL_RECT_LABEL
+from tests.browser import PICTURES, labelling_page
 from trainer.labelstudio.link import connect_project
 from trainer.labelstudio.push import push
-
-from tests.browser import PICTURES, labelling_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 

@@ -36,9 +36,15 @@ _titles = itertools.count()
 def rect(row, col):
     """A result region covering exactly grid cell (row, col)."""
     x, y, w, h = GRID.cell_box_percent(row, col)
-    return {"from_name": "irrelevant", "to_name": "image", "type": "rectanglelabels",
-            "original_width": GRID.width, "original_height": GRID.height, "image_rotation": 0,
-            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Irrelevant"]}}
+    return {
+        "from_name": "irrelevant",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": GRID.width,
+        "original_height": GRID.height,
+        "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Irrelevant"]},
+    }
 
 
 def cells_of(result):
@@ -93,11 +99,14 @@ def test_ensure_project_reuses_by_title_and_follows_the_config(ls_client):
     assert ensure_project(ls_client, "reuse-me-not", CONFIG) != first
 
 
-@pytest.mark.parametrize("relative, url", [
-    ("a.png", "/data/local-files/?d=a.png"),
-    ("round 0/sample 7.png", "/data/local-files/?d=round%200/sample%207.png"),
-    ("x/y/z.png", "/data/local-files/?d=x/y/z.png"),
-])
+@pytest.mark.parametrize(
+    "relative, url",
+    [
+        ("a.png", "/data/local-files/?d=a.png"),
+        ("round 0/sample 7.png", "/data/local-files/?d=round%200/sample%207.png"),
+        ("x/y/z.png", "/data/local-files/?d=x/y/z.png"),
+    ],
+)
 def test_local_file_url(tmp_path, relative, url):
     assert local_file_url(tmp_path / relative, tmp_path) == url
 
@@ -117,8 +126,10 @@ def test_local_storage_serves_images_to_the_token(label_studio, ls_client, proje
     assert ls_client.tasks.list(project=project).items == []  # never synced: no task per file
 
     def get(path):
-        req = urllib.request.Request(label_studio.url + local_file_url(path, label_studio.document_root),
-                                     headers={"Authorization": f"Token {label_studio.token}"})
+        req = urllib.request.Request(
+            label_studio.url + local_file_url(path, label_studio.document_root),
+            headers={"Authorization": f"Token {label_studio.token}"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.headers["Content-Type"], resp.read()
 
@@ -156,14 +167,17 @@ def test_pushing_twice_imports_once(ls_client, project, ledger):
     data = list_task_data(ls_client, project)
     assert sorted(d["sample_id"] for d in data.values()) == [3, 5, 8, 9]
     assert {t.task_id: t.sample_id for t in ledger.pushed_tasks(project)} == {
-        t: d["sample_id"] for t, d in data.items()}
+        t: d["sample_id"] for t, d in data.items()
+    }
 
 
 @pytest.fixture
 def annotated(ls_client, project):
     """8 tasks with a prediction each: 3 annotated (one twice), 1 skipped, 4 untouched."""
-    tasks = [dict(task(s), predictions=[{"result": [rect(0, 0)], "score": 0.5, "model_version": "v0"}])
-             for s in range(10, 18)]
+    tasks = [
+        dict(task(s), predictions=[{"result": [rect(0, 0)], "score": 0.5, "model_version": "v0"}])
+        for s in range(10, 18)
+    ]
     ids = import_tasks(ls_client, project, tasks)
     given = {
         annotate_as_browser(ls_client, ids[0], [rect(1, 1)]): (ids[0], 10, [rect(1, 1)]),
@@ -192,10 +206,19 @@ def test_fetch_returns_exactly_the_submitted_annotations(ls_client, project, ann
 
 def consume(ledger, records):
     with ledger.transaction():
-        return sum(ledger.upsert_annotation(
-            r.annotation_id, task_id=r.task_id, sample_id=r.sample_id, updated_at=r.updated_at,
-            cells=None if r.was_cancelled else cells_of(r.result), was_cancelled=r.was_cancelled,
-            annotator=r.completed_by, project_id=r.project_id) for r in records)
+        return sum(
+            ledger.upsert_annotation(
+                r.annotation_id,
+                task_id=r.task_id,
+                sample_id=r.sample_id,
+                updated_at=r.updated_at,
+                cells=None if r.was_cancelled else cells_of(r.result),
+                was_cancelled=r.was_cancelled,
+                annotator=r.completed_by,
+                project_id=r.project_id,
+            )
+            for r in records
+        )
 
 
 def test_pull_into_the_ledger_twice_gives_the_same_mask(ls_client, project, annotated, ledger):
@@ -253,7 +276,6 @@ def test_a_non_integer_sample_id_does_not_block_the_others(ls_client, project):
 def test_import_tasks_rejects_a_bad_batch_size(ls_client, project):
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         import_tasks(ls_client, project, [task(0)], batch_size=0)
-
 
 
 @pytest.mark.parametrize("title", ["ab", "x" * 51])

@@ -25,12 +25,11 @@ from label_config.config import VIEW_CONTROLS, display_px
 from label_config.names import IMAGE, IMAGE_KEY, SALIENCY, SALIENCY_KEY
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
+from tests.browser import PICTURES, labelling_page
 from trainer.explain.overlay import image_to_pil
 from trainer.labelstudio.client import connect, local_file_url
 from trainer.labelstudio.link import connect_project
 from trainer.labelstudio.push import label_config_for, push
-
-from tests.browser import PICTURES, labelling_page
 
 pytestmark = pytest.mark.labelstudio
 
@@ -67,8 +66,9 @@ def image_only_task(run, client, project_id: int, document_root: Path, sample_id
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"hand-{sample_id}.png"
     image_to_pil(run.datasets[0][sample_id][0], display_px(run.grid)).convert("RGB").save(path)
-    response = client.projects.import_tasks(id=project_id, request=[{"data": {IMAGE_KEY: local_file_url(path, document_root)}}],
-                                            return_task_ids=True)  # fmt: skip
+    response = client.projects.import_tasks(
+        id=project_id, request=[{"data": {IMAGE_KEY: local_file_url(path, document_root)}}], return_task_ids=True
+    )
     (task_id,) = response.task_ids
     return task_id
 
@@ -81,7 +81,9 @@ def predict_all(client, project_id: int, backend_url: str) -> None:
 
 
 def test_label_studio_accepts_the_config_with_zoom_brightness_and_contrast(ls_client, fresh_run):
-    project = ls_client.projects.create(title=f"view controls {fresh_run.name}", label_config=label_config_for(fresh_run))
+    project = ls_client.projects.create(
+        title=f"view controls {fresh_run.name}", label_config=label_config_for(fresh_run)
+    )
     stored = ls_client.projects.get(id=project.id).label_config
     images = {el.get("name"): el.attrib for el in ET.fromstring(stored).iter("Image")}
     for name in (IMAGE, SALIENCY):

@@ -38,24 +38,56 @@ def rect(grid, cells, *, inset=0.1):
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     dx, dy = inset * boxes[0][2], inset * boxes[0][3]
-    return {"id": f"r{len(cells)}{x0:.0f}", "from_name": CELL_RECT, "to_name": ANNOTATED, "type": "rectanglelabels",
-            "original_width": DISPLAY, "original_height": DISPLAY, "image_rotation": 0,
-            "value": {"x": x0 + dx, "y": y0 + dy, "width": x1 - x0 - 2 * dx, "height": y1 - y0 - 2 * dy,
-                      "rotation": 0, "rectanglelabels": [CELL_RECT_LABEL]}}
+    return {
+        "id": f"r{len(cells)}{x0:.0f}",
+        "from_name": CELL_RECT,
+        "to_name": ANNOTATED,
+        "type": "rectanglelabels",
+        "original_width": DISPLAY,
+        "original_height": DISPLAY,
+        "image_rotation": 0,
+        "value": {
+            "x": x0 + dx,
+            "y": y0 + dy,
+            "width": x1 - x0 - 2 * dx,
+            "height": y1 - y0 - 2 * dy,
+            "rotation": 0,
+            "rectanglelabels": [CELL_RECT_LABEL],
+        },
+    }
 
 
 def point(grid, r, c):
     x, y, w, h = grid.cell_box_percent(r, c)
-    return {"id": f"p{r}{c}", "from_name": CELL_POINT, "to_name": ANNOTATED, "type": "keypointlabels",
-            "original_width": DISPLAY, "original_height": DISPLAY, "image_rotation": 0,
-            "value": {"x": x + 0.3 * w, "y": y + 0.6 * h, "width": 0.5, "keypointlabels": [CELL_POINT_LABEL]}}
+    return {
+        "id": f"p{r}{c}",
+        "from_name": CELL_POINT,
+        "to_name": ANNOTATED,
+        "type": "keypointlabels",
+        "original_width": DISPLAY,
+        "original_height": DISPLAY,
+        "image_rotation": 0,
+        "value": {"x": x + 0.3 * w, "y": y + 0.6 * h, "width": 0.5, "keypointlabels": [CELL_POINT_LABEL]},
+    }
 
 
 def label_fix(name):
-    return [{"id": "chk", "from_name": LABEL_CHECK, "to_name": ANNOTATED, "type": "choices",
-             "value": {"choices": [LABEL_WRONG]}},
-            {"id": "fix", "from_name": CORRECT_LABEL, "to_name": ANNOTATED, "type": "choices",
-             "value": {"choices": [name]}}]
+    return [
+        {
+            "id": "chk",
+            "from_name": LABEL_CHECK,
+            "to_name": ANNOTATED,
+            "type": "choices",
+            "value": {"choices": [LABEL_WRONG]},
+        },
+        {
+            "id": "fix",
+            "from_name": CORRECT_LABEL,
+            "to_name": ANNOTATED,
+            "type": "choices",
+            "value": {"choices": [name]},
+        },
+    ]
 
 
 def cells(grid, *marked):
@@ -68,8 +100,11 @@ def cells(grid, *marked):
 @pytest.fixture
 def linked(fresh_run, ls_client, label_studio):
     """(run, client, link) with the run linked to a new project on the session's server."""
-    return fresh_run, ls_client, connect_project(fresh_run, ls_client, label_studio.url,
-                                                 document_root=label_studio.document_root)
+    return (
+        fresh_run,
+        ls_client,
+        connect_project(fresh_run, ls_client, label_studio.url, document_root=label_studio.document_root),
+    )
 
 
 def test_push_pull_train_end_to_end(linked, label_studio):
@@ -79,8 +114,16 @@ def test_push_pull_train_end_to_end(linked, label_studio):
     assert len(task_ids) == 5
     tasks = {t: client.tasks.get(id=t) for t in task_ids}
     first = tasks[task_ids[0]]
-    assert set(first.data) == {"image", "saliency", "sample_id", "round", "label", "prediction", "probability",
-                               "model_version"}
+    assert set(first.data) == {
+        "image",
+        "saliency",
+        "sample_id",
+        "round",
+        "label",
+        "prediction",
+        "probability",
+        "model_version",
+    }
     assert first.data["model_version"] == run.model_version(0) and first.data["round"] == 0
     prediction = first.predictions[0]
     assert prediction.model_version == run.model_version(0) and len(prediction.result) == run.config.top_k
@@ -128,8 +171,13 @@ def test_push_pull_train_end_to_end(linked, label_studio):
     report = pull(run, client, project)
     assert report.invalidated == 1 and any(f"annotation {ann[3]}" in e for e in report.errors)
     assert sample[3] not in run.feedback().cells  # its old cells stop counting
-    polygon = {"id": "poly1", "from_name": "irrelevant_area", "to_name": "image", "type": "polygonlabels",
-               "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]}}
+    polygon = {
+        "id": "poly1",
+        "from_name": "irrelevant_area",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]},
+    }
     client.annotations.update(id=ann[3], result=[point(g, 4, 5), polygon])  # fixed again, plus a polygon
     report = pull(run, client, project)
     assert report.new + report.updated == 1 and not any(f"annotation {ann[3]}" in e for e in report.errors)
@@ -209,11 +257,14 @@ def test_data_uri_push_inlines_rgb_pngs(linked):
             assert picture.mode == "RGB" and picture.size == (DISPLAY, DISPLAY)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"n": 0}, "n must be an integer >= 1"),
-    ({"round": 3}, "round 3 has no checkpoint"),
-    ({"document_root": None}, "document_root is needed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n": 0}, "n must be an integer >= 1"),
+        ({"round": 3}, "round 3 has no checkpoint"),
+        ({"document_root": None}, "document_root is needed"),
+    ],
+)
 def test_push_refuses_bad_arguments(linked, kwargs, match):
     run, client, link = linked
     with pytest.raises(ValueError, match=match):

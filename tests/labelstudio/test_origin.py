@@ -114,7 +114,10 @@ def serve():
 def test_the_sdk_refreshes_under_the_path_prefix(serve):
     root, ls = serve(prefix="/ls")
     assert connect(root + "/ls", PAT, retry=ONE_TRY).users.whoami().email == "a@example.org"
-    assert [(m, p) for m, p, _, _ in ls.seen] == [("POST", "/ls/api/token/refresh/"), ("GET", "/ls/api/current-user/whoami")]
+    assert [(m, p) for m, p, _, _ in ls.seen] == [
+        ("POST", "/ls/api/token/refresh/"),
+        ("GET", "/ls/api/current-user/whoami"),
+    ]
 
 
 def test_the_sdk_never_follows_a_refresh_redirect_with_the_token(serve):

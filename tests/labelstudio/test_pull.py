@@ -25,8 +25,13 @@ from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 
 pytestmark = pytest.mark.labelstudio
-POLYGON = {"id": "poly", "from_name": "irrelevant_area", "to_name": "image", "type": "polygonlabels",
-           "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]}}
+POLYGON = {
+    "id": "poly",
+    "from_name": "irrelevant_area",
+    "to_name": "image",
+    "type": "polygonlabels",
+    "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]},
+}
 
 
 @pytest.fixture
@@ -53,7 +58,9 @@ def test_malformed_annotations_are_recorded_invalid_and_the_others_land(linked, 
     task_ids = push(run, client, link.project_id, n=5, document_root=link.document_root)
     good = {task_ids[0]: annotate_as_browser(client, task_ids[0], [rect(g, [(0, 0)])]),
             task_ids[1]: annotate_as_browser(client, task_ids[1], [point(g, 3, 3), POLYGON])}  # fmt: skip
-    bad = {annotate_as_browser(client, t, result): (t, why) for t, (why, result) in zip(task_ids[2:], malformed(g).items())}
+    bad = {
+        annotate_as_browser(client, t, result): (t, why) for t, (why, result) in zip(task_ids[2:], malformed(g).items())
+    }
 
     report = pull(run, client, link.project_id)
     assert (report.new, len(report.invalid)) == (2, 3)
@@ -139,8 +146,11 @@ FUZZED_PER_PULL = 10
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(garbage=st.lists(st.lists(_malformed_item(), min_size=1, max_size=3), min_size=FUZZED_PER_PULL,
-                        max_size=FUZZED_PER_PULL))
+@given(
+    garbage=st.lists(
+        st.lists(_malformed_item(), min_size=1, max_size=3), min_size=FUZZED_PER_PULL, max_size=FUZZED_PER_PULL
+    )
+)
 def test_fuzzed_annotations_never_stop_the_good_one(linked_once, garbage):
     run, client, link, good_task, bad_tasks = linked_once
     bad = {}
@@ -163,7 +173,6 @@ def test_fuzzed_annotations_never_stop_the_good_one(linked_once, garbage):
 def linked_once(linked):
     """One good annotation, and tasks for the fuzzed ones (deleted after each pull)."""
     run, client, link = linked
-    good_task, *bad_tasks = push(run, client, link.project_id, n=FUZZED_PER_PULL + 1,
-                                 document_root=link.document_root)
+    good_task, *bad_tasks = push(run, client, link.project_id, n=FUZZED_PER_PULL + 1, document_root=link.document_root)
     annotate_as_browser(client, good_task, [rect(run.grid, [(2, 2)])])
     return run, client, link, good_task, bad_tasks

@@ -118,22 +118,28 @@ def test_push_and_pull_commands_find_the_linked_project(fresh_run, ls_env, ls_cl
     assert "pulled 0 new" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"rounds": -1}, "rounds must be an integer >= 0"),
-    ({"rounds": 1, "mode": "vote"}, "mode must be one of"),
-    ({"rounds": 1, "poll_seconds": 0}, "poll_seconds must be > 0"),
-    ({"rounds": 1, "min_annotations": 0}, "min_annotations must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rounds": -1}, "rounds must be an integer >= 0"),
+        ({"rounds": 1, "mode": "vote"}, "mode must be one of"),
+        ({"rounds": 1, "poll_seconds": 0}, "poll_seconds must be > 0"),
+        ({"rounds": 1, "min_annotations": 0}, "min_annotations must be > 0"),
+    ],
+)
 def test_run_loop_refuses_bad_settings(tmp_path, kwargs, match):
     run = Run.create(tmp_path / "run", RunConfig())
     with pytest.raises(ValueError, match=match):
         run_loop(run, None, Link(url="http://localhost:8080", project_id=1, title="t"), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"kind": "brush"}, "kind must be one of"),
-    ({"miss_rate": 1.5}, r"miss_rate must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kind": "brush"}, "kind must be one of"),
+        ({"miss_rate": 1.5}, r"miss_rate must be in \[0, 1\]"),
+    ],
+)
 def test_simulated_annotator_refuses_bad_settings(tmp_path, kwargs, match):
     run = Run.create(tmp_path / "run", RunConfig())
     with pytest.raises(ValueError, match=match):

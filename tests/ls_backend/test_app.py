@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from label_config.config import build_config
 from label_config.grid import Grid
@@ -291,8 +291,14 @@ def test_predict_names_regions_after_the_projects_config(client, config, from_na
         ({"tasks": predict_body("x")["tasks"]}, 400, "no label config"),
         (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "RectangleLabels"),
         (predict_body(digit_uri(0), config="<View><Image"), 422, "not valid XML"),
-        (predict_body([digit_uri(0)], config="<View><Image name='i' valueList='$image'/><Rectangle name='r' "
-                      "toName='i'/></View>"), 422, "reads a list of images"),  # fmt: skip
+        (
+            predict_body(
+                [digit_uri(0)],
+                config="<View><Image name='i' valueList='$image'/><Rectangle name='r' toName='i'/></View>",
+            ),
+            422,
+            "reads a list of images",
+        ),  # fmt: skip
     ],
 )
 def test_predict_rejects(client, body, status, message):
@@ -362,8 +368,11 @@ def test_unreachable_host_is_502():
 # ---------------------------------------------------------------- webhook and training
 @pytest.mark.parametrize(
     "body, status, message",
-    [("{oops", 400, "not valid JSON"), ({"project": {"id": 1}}, 400, "'action'"),
-     ({"action": "START_TRAINING", "project": {"id": "one"}}, 400, "project")],
+    [
+        ("{oops", 400, "not valid JSON"),
+        ({"project": {"id": 1}}, 400, "'action'"),
+        ({"action": "START_TRAINING", "project": {"id": "one"}}, 400, "project"),
+    ],
 )
 def test_webhook_rejects(client, body, status, message):
     resp = client.post("/webhook", data=body, content_type="application/json") if isinstance(body, str) \
@@ -586,7 +595,10 @@ def test_credentials_open_the_backend_to_other_machines(run):
 
 @pytest.mark.parametrize("value, allowed", [("true", True), ("1", True), ("", False), ("false", False)])
 def test_allow_unauthenticated_is_read_from_the_environment(tmp_path, value, allowed):
-    assert BackendConfig.from_env({"MODEL_DIR": str(tmp_path), "ALLOW_UNAUTHENTICATED": value}).allow_unauthenticated is allowed
+    assert (
+        BackendConfig.from_env({"MODEL_DIR": str(tmp_path), "ALLOW_UNAUTHENTICATED": value}).allow_unauthenticated
+        is allowed
+    )
     with pytest.raises(ValueError, match="ALLOW_UNAUTHENTICATED"):
         BackendConfig.from_env({"MODEL_DIR": str(tmp_path), "ALLOW_UNAUTHENTICATED": "maybe"})
 
@@ -597,7 +609,6 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_credentials(run, mo
     monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
     monkeypatch.delenv("ALLOW_UNAUTHENTICATED", raising=False)
     assert main(["serve", "--model-dir", str(run.directory), "--host", "0.0.0.0", "--port", "1"]) == 2
-
 
 
 # ---------------------------------------------------------------- fetching: no server-side request forgery
@@ -664,8 +675,11 @@ def test_every_redirect_hop_is_checked_and_never_carries_the_token(file_server):
     image = load_task_image(f"/redirect?to={other}/a.png", label_studio_url=base, api_key="k", timeout=5,
                             image_hosts=("localhost",), image_networks=LOOPBACK)  # fmt: skip
     assert image.size == (28, 28)
-    assert seen == [("/redirect?to=http://169.254.169.254/", "Token k"), ("/redirect?to=" + other + "/a.png", "Token k"),
-                    ("/a.png", None)]  # fmt: skip
+    assert seen == [
+        ("/redirect?to=http://169.254.169.254/", "Token k"),
+        ("/redirect?to=" + other + "/a.png", "Token k"),
+        ("/a.png", None),
+    ]
 
 
 def test_a_dripping_server_is_cut_off_at_the_total_deadline(file_server):
@@ -703,7 +717,11 @@ def test_a_trigger_for_another_project_during_a_round_is_queued_not_dropped():
 
     job = TrainingJob(train)
     assert [job.trigger(1), job.trigger(2), job.trigger(2), job.trigger(1)] == [
-        "started", "queued", "already queued", "queued"]
+        "started",
+        "queued",
+        "already queued",
+        "queued",
+    ]
     gate.set()
     assert job.wait(10) and trained == [1, 2, 1] and job.rounds == 3
 
@@ -716,7 +734,6 @@ def test_system_exit_in_a_round_is_reported_not_lost():
     job.trigger(1)
     assert job.wait(10)
     assert job.status()["state"] == "idle" and job.status()["last_error"] == "SystemExit: 3"
-
 
 
 def test_a_round_cut_off_by_a_restart_is_reported_not_lost(run):

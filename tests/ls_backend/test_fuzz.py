@@ -20,20 +20,30 @@ from trainer.runs.run import Run, RunConfig
 from .test_app import CONFIG, digit_uri, save_round
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
-JSONISH = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                            max_size=4), max_leaves=20)  # fmt: skip
+JSONISH = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 URLS = st.sampled_from(["/data/upload/1/a.png", "http://2130706433/", "data:image/png;base64,AAAA", "data:,x",
                         "//evil/x", "ftp://x/y", "/ http://e/", digit_uri(0), "", "javascript:alert(1)"])  # fmt: skip
 TASKS = st.lists(st.fixed_dictionaries({"id": SCALARS, "data": st.dictionaries(st.sampled_from(["image", "x"]),
                                                                               URLS | SCALARS, max_size=2)}),
                  max_size=3)  # fmt: skip
 BODIES = {
-    "/setup": st.fixed_dictionaries({"project": SCALARS | JSONISH, "schema": st.sampled_from([CONFIG, "<View/>", ""])
-                                     | SCALARS}),  # fmt: skip
-    "/predict": st.fixed_dictionaries({"tasks": TASKS | JSONISH, "project": SCALARS,
-                                       "label_config": st.sampled_from([CONFIG, "<View>", None]) | SCALARS}),
-    "/webhook": st.fixed_dictionaries({"action": st.sampled_from(["ANNOTATION_CREATED", "PROJECT_UPDATED"]) | SCALARS,
-                                       "project": JSONISH}),  # fmt: skip
+    "/setup": st.fixed_dictionaries(
+        {"project": SCALARS | JSONISH, "schema": st.sampled_from([CONFIG, "<View/>", ""]) | SCALARS}
+    ),  # fmt: skip
+    "/predict": st.fixed_dictionaries(
+        {
+            "tasks": TASKS | JSONISH,
+            "project": SCALARS,
+            "label_config": st.sampled_from([CONFIG, "<View>", None]) | SCALARS,
+        }
+    ),
+    "/webhook": st.fixed_dictionaries(
+        {"action": st.sampled_from(["ANNOTATION_CREATED", "PROJECT_UPDATED"]) | SCALARS, "project": JSONISH}
+    ),  # fmt: skip
 }
 
 

@@ -10,9 +10,9 @@ not let us observe. The real server's side is in test_with_label_studio.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
-import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest

@@ -44,12 +44,24 @@ def test_a_request_forwarded_by_a_local_proxy_is_not_local(run, header):  # noqa
 
 
 # ---------------------------------------------------------------- IPv6 addresses that lead to IPv4 ones
-@pytest.mark.parametrize("address, kind", [
-    ("::127.0.0.1", "a loopback"), ("::ffff:0:127.0.0.1", "a loopback"), ("64:ff9b::a9fe:a9fe", "a link-local"),
-    ("64:ff9b:1::a9fe:a9fe", "a link-local"), ("2002:a9fe:a9fe::1", "a link-local"), ("::ffff:10.0.0.1", "a private or reserved"),
-    ("2002:7f00:1::1", "a loopback"), ("64:ff9b::808:808", None), ("2002:808:808::1", None), ("::ffff:0:8.8.8.8", None),
-    ("2606:4700::1111", None), ("::1", "a loopback"), ("::", "an unspecified"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        ("::127.0.0.1", "a loopback"),
+        ("::ffff:0:127.0.0.1", "a loopback"),
+        ("64:ff9b::a9fe:a9fe", "a link-local"),
+        ("64:ff9b:1::a9fe:a9fe", "a link-local"),
+        ("2002:a9fe:a9fe::1", "a link-local"),
+        ("::ffff:10.0.0.1", "a private or reserved"),
+        ("2002:7f00:1::1", "a loopback"),
+        ("64:ff9b::808:808", None),
+        ("2002:808:808::1", None),
+        ("::ffff:0:8.8.8.8", None),
+        ("2606:4700::1111", None),
+        ("::1", "a loopback"),
+        ("::", "an unspecified"),
+    ],
+)
 def test_ipv6_forms_embedding_an_internal_ipv4_are_internal(address, kind):
     assert internal_kind(ipaddress.ip_address(address)) == kind
 

@@ -209,7 +209,6 @@ def test_the_queue_is_bounded_in_count_and_bytes_and_counts_drops(fake_ls):
             ls.tasks[t]["data"].pop(SALIENCY_KEY)
 
 
-
 def test_predict_while_label_studio_hangs_keeps_the_queue_bounded(run, fake_ls):
     """The issue's case: /predict after /predict while Label Studio does not answer. The queue stops at
     OVERLAY_QUEUE overlays; the rest are dropped and counted, and the predictions are answered all the same."""

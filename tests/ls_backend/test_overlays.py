@@ -46,7 +46,9 @@ def test_the_overlay_writer_lives_on_when_label_studio_cannot_be_reached():
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    writer = OverlayWriter(lambda: connect(f"http://127.0.0.1:{port}", "token", retry=RetryPolicy(tries=2, base_s=0.05)))
+    writer = OverlayWriter(
+        lambda: connect(f"http://127.0.0.1:{port}", "token", retry=RetryPolicy(tries=2, base_s=0.05))
+    )
     for task_id in (1, 2):
         writer.submit(PendingOverlay(task_id, 1, SALIENCY_KEY, overlay_png(Image.new("RGB", (8, 8))), "m-1", "a", 0.9))
     assert writer.wait(30), "the writer stopped handling overlays"

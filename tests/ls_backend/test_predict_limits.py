@@ -98,7 +98,11 @@ def test_limits_from_env(tmp_path):
            "OVERLAY_QUEUE_BYTES": "1000000"}  # fmt: skip
     config = BackendConfig.from_env(env)
     assert (config.predict_batch, config.max_predict_tasks, config.overlay_queue, config.overlay_queue_bytes) == (
-        4, 200, 50, 1_000_000)
+        4,
+        200,
+        50,
+        1_000_000,
+    )
     defaults = BackendConfig.from_env({"MODEL_DIR": str(tmp_path)})
     assert (defaults.predict_batch, defaults.max_predict_tasks) == (16, 1000)
 

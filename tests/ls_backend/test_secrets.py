@@ -53,7 +53,11 @@ def test_the_token_appears_nowhere(fresh_run, label_studio, caplog):
     app = create_app(BackendConfig(model_dir=run.directory, label_studio_url=label_studio.url, api_key=token))
     web = app.test_client()
     task = client.tasks.get(id=task_ids[0])
-    body = {"tasks": [{"id": task.id, "data": task.data}], "label_config": label_config_for(run), "project": f"{project}.1"}
+    body = {
+        "tasks": [{"id": task.id, "data": task.data}],
+        "label_config": label_config_for(run),
+        "project": f"{project}.1",
+    }
     answer = web.post("/predict", json=body)
     assert answer.status_code == 200, answer.json  # the image came from Label Studio, with the token
     responses = [answer.get_data(as_text=True)]
@@ -82,10 +86,12 @@ def test_the_token_appears_nowhere(fresh_run, label_studio, caplog):
         "logs": caplog.text,
         "error texts": "\n".join(errors),
         "backend answers": "\n".join(responses),
-        "tasks in Label Studio": json.dumps([t.dict() for t in client.tasks.list(project=project, fields="all")],
-                                            default=str),  # fmt: skip
-        "checkpoints": "\n".join(s for p in run.checkpoint_dir.glob("*.pt")
-                                 for s in strings_in(torch.load(p, weights_only=True))),  # fmt: skip
+        "tasks in Label Studio": json.dumps(
+            [t.dict() for t in client.tasks.list(project=project, fields="all")], default=str
+        ),  # fmt: skip
+        "checkpoints": "\n".join(
+            s for p in run.checkpoint_dir.glob("*.pt") for s in strings_in(torch.load(p, weights_only=True))
+        ),  # fmt: skip
     }
     with sqlite3.connect(run.directory / "ledger.sqlite") as db:
         places["ledger"] = "\n".join(db.iterdump())

@@ -10,9 +10,23 @@ import threading
 import pytest
 
 from ls_backend.jobs import MAX_QUEUED, TrainingJob
+from trainer.core.loop import TrainConfig
 from trainer.labelstudio.link import LINK_FILE
+from trainer.runs.run import Run, RunConfig
 
-from .test_app import client, make_client, run, serve_project  # noqa: F401 (client and run are fixtures)
+from .test_app import make_client, save_round, serve_project
+
+
+@pytest.fixture
+def run(tmp_path) -> Run:
+    run = Run.create(tmp_path / "run", RunConfig(train=TrainConfig(epochs=1, batch_size=128)))
+    save_round(run, 0)
+    return run
+
+
+@pytest.fixture
+def client(run):
+    return make_client(run)[1]
 
 
 def _hold_rounds(app):

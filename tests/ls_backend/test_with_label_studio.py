@@ -90,7 +90,9 @@ def project(ls_client, label_studio, backend):
     """A project with our config: three data-URI tasks and one Local Files task; the backend connected."""
     url, run, _ = backend
     project = ls_client.projects.create(title="backend test", label_config=build_config(CLASSES, GRID))
-    images = [to_data_uri(digit(s)) for s in range(3)] + [local_files_task(label_studio, ls_client, project.id, "d3.png")]
+    images = [to_data_uri(digit(s)) for s in range(3)] + [
+        local_files_task(label_studio, ls_client, project.id, "d3.png")
+    ]
     ls_client.projects.import_tasks(id=project.id, request=[{"data": {"image": u, "saliency": [u]}} for u in images])
     ml = ls_client.ml.create(project=project.id, url=url, title="hitl", auth_method="BASIC_AUTH",
                              basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
@@ -144,7 +146,10 @@ def test_a_rejected_access_token_is_refreshed_once(ls_client, label_studio, proj
     proj, _ = project
     image = local_files_task(label_studio, ls_client, proj.id, "retry.png")
     auth = LabelStudioAuth(label_studio.url, label_studio.personal_access_token())
-    auth._access, auth._access_exp = "eyJ4IjoxfQ.eyJ4IjoxfQ.c2ln", time.time() + 3600  # as a restarted server would see it
+    auth._access, auth._access_exp = (
+        "eyJ4IjoxfQ.eyJ4IjoxfQ.c2ln",
+        time.time() + 3600,
+    )  # as a restarted server would see it
     picture = load_task_image(image, label_studio_url=label_studio.url, auth=auth)
     assert picture.size == (28, 28) and auth.refreshes == 1
 

@@ -88,10 +88,15 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--rows", type=int, default=None,
-                   help="annotated rows joining each batch, each penalised (default: the model's replay)")
-    p.add_argument("--annotated", type=float, default=None,
-                   help="instead: this share of the batch's own rows carries a mask")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="annotated rows joining each batch, each penalised (default: the model's replay)",
+    )
+    p.add_argument(
+        "--annotated", type=float, default=None, help="instead: this share of the batch's own rows carries a mask"
+    )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

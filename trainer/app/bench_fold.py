@@ -108,7 +108,7 @@ def bench_fold(*, model: str = "small-cnn", dataset: str | None = None, size: in
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     order = torch.randperm(len(train))
     for i in range(steps):
-        ids = order[(i * 64) % (len(train) - 64):][:64]
+        ids = order[(i * 64) % (len(train) - 64) :][:64]
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(train.images[ids]), train.labels[ids]).backward()
         opt.step()

@@ -55,8 +55,9 @@ def encoded_images(n: int, size: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def predict_request(model, payloads: list[bytes], grid: Grid, *, method: str, top_k: int,
-                    twin: DeepLiftTwin | None = None) -> str:
+def predict_request(
+    model, payloads: list[bytes], grid: Grid, *, method: str, top_k: int, twin: DeepLiftTwin | None = None
+) -> str:
     """One request's work: decode, view, explain (with the twin the backend keeps per checkpoint), regions, JSON."""
     images = [model_view(decode_image(base64.b64decode(payload)), grid.height, 3) for payload in payloads]
     found = explain_batch(model, torch.stack(images), grid, method=method, top_k=top_k, twin=twin)
@@ -104,8 +105,14 @@ def run_benchmark(*, model_name="resnet18", size=224, method="deeplift", tasks=8
 
 def main(args: argparse.Namespace) -> int:
     result = run_benchmark(
-        model_name=args.model, size=args.size, method=args.method, tasks=args.tasks, requests=args.requests,
-        cell_px=args.cell_px, top_k=args.top_k, threads=args.threads,
+        model_name=args.model,
+        size=args.size,
+        method=args.method,
+        tasks=args.tasks,
+        requests=args.requests,
+        cell_px=args.cell_px,
+        top_k=args.top_k,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(result))

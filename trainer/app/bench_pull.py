@@ -30,7 +30,9 @@ from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import label_config_for
 from trainer.runs.run import Run, RunConfig
 
-_PIXEL = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+_PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
 
 
 def bench_pull(*, annotations: int = 10_000, url: str | None = None, api_key: str | None = None,

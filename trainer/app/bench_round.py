@@ -92,8 +92,10 @@ def _one_seed(model_name: str, size: int | None, dataset: str, seed: int, budget
     train_set = train_fraction(train_set, fraction, seed=seed)
     masks = getattr(train_set, "decoy_masks", None)
     if masks is None or not bool(masks.any()):
-        raise ValueError(f"dataset {dataset!r} has no true masks (or only empty ones) for the simulated annotator: use a built-in "
-                         "confounded dataset (hitl datasets) or a folder with <stem>.mask.png files")
+        raise ValueError(
+            f"dataset {dataset!r} has no true masks (or only empty ones) for the simulated annotator: use a built-in "
+            "confounded dataset (hitl datasets) or a folder with <stem>.mask.png files"
+        )
     c, h, w = train_set.image_shape
     grid = Grid.from_cell_px(h, w, max(1, h // 7))
     cfg0 = arms["plain"]
@@ -148,8 +150,11 @@ def _time_arm(model, optimizer, train_set, test_set, grid, feedback, cfg: TrainC
     done = time.perf_counter()
     last = rr.epochs[-1]
     steps = -(-len(train_set) // cfg.batch_size) * cfg.epochs
-    scores = {"acc": last.val_acc, "loss": last.val_loss,
-              "penalised_rows_per_step": round(sum(e.penalised_rows for e in rr.epochs) / steps, 2)}
+    scores = {
+        "acc": last.val_acc,
+        "loss": last.val_loss,
+        "penalised_rows_per_step": round(sum(e.penalised_rows for e in rr.epochs) / steps, 2),
+    }
     return (trained - started, done - trained), scores
 
 
@@ -201,6 +206,8 @@ def main(args) -> int:
           f"accuracy plain {r['plain_acc']}, feedback {r['feedback_acc']}")  # fmt: skip
     for i in range(len(args.compare or [])):
         c = r[compare_arm(i)]
-        print(f"with {c['overrides']}: accuracy {c['acc']} ({c['seconds']} s, ratio {c['ratio']}); "
-              f"feedback - it = {c['acc_diff']:+}")
+        print(
+            f"with {c['overrides']}: accuracy {c['acc']} ({c['seconds']} s, ratio {c['ratio']}); "
+            f"feedback - it = {c['acc_diff']:+}"
+        )
     return 0

@@ -29,18 +29,31 @@ GRID_CELLS = 7  # cells per side when --cell-px is not given (4 px cells at 28 p
 def register(sub) -> None:
     p = sub.add_parser("init", help="create a run directory (dataset, model, grid, training settings)")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--dataset", default=RunConfig.dataset,
-                   help="a built-in dataset (`hitl datasets`), folder:PATH (one folder per class) or csv:PATH")
-    p.add_argument("--model", default=None,
-                   help="small-cnn, resnet18, resnet50 (default: small-cnn for 1-channel images up to 32 px, else resnet18)")
+    p.add_argument(
+        "--dataset",
+        default=RunConfig.dataset,
+        help="a built-in dataset (`hitl datasets`), folder:PATH (one folder per class) or csv:PATH",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="small-cnn, resnet18, resnet50 (default: small-cnn for 1-channel images up to 32 px, else resnet18)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="default: the data's own (files: median side, <= 224)")
     p.add_argument("--channels", type=int, default=None, help="default: the data's own (1 for greyscale files)")
-    p.add_argument("--cell-px", type=int, default=None,
-                   help=f"grid cell side in model-input pixels (default: a {GRID_CELLS} x {GRID_CELLS} grid)")
+    p.add_argument(
+        "--cell-px",
+        type=int,
+        default=None,
+        help=f"grid cell side in model-input pixels (default: a {GRID_CELLS} x {GRID_CELLS} grid)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-fraction", type=float, default=RunConfig.train_fraction,
-                   help="train on a seeded, class-stratified share of the training split, in (0, 1] (the test "
-                        "split stays whole)")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=RunConfig.train_fraction,
+        help="train on a seeded, class-stratified share of the training split, in (0, 1] (the test split stays whole)",
+    )
     p.add_argument("--saliency", default=RunConfig.saliency)
     p.add_argument("--top-k", type=int, default=RunConfig.top_k, help="salient cells pre-filled as suggestions")
     p.add_argument("--weights", default=None, help="local state-dict file to start from")
@@ -55,18 +68,30 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train the next round from the last checkpoint with the ledger's feedback")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--distributed", action="store_true",
-                   help="under torchrun: DistributedDataParallel, one process per GPU (gloo on CPU)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="under torchrun: DistributedDataParallel, one process per GPU (gloo on CPU)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("datasets", help="list the built-in datasets and their confounders")
     p.add_argument("--json", action="store_true", help="print one JSON list")
-    p.add_argument("--export", nargs=2, metavar=("NAME", "DIR"), default=None,
-                   help="write a built-in dataset as image folders (DIR/train, DIR/test; true masks as "
-                        "<id>.mask.png), to try the folder:PATH path with it")
+    p.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("NAME", "DIR"),
+        default=None,
+        help="write a built-in dataset as image folders (DIR/train, DIR/test; true masks as "
+        "<id>.mask.png), to try the folder:PATH path with it",
+    )
     p.add_argument("--image-size", type=int, default=None, help="with --export: the size to write")
-    p.add_argument("--seed", type=int, default=0,
-                   help="with --export: the seed of the confounder's draws (`hitl experiment --seeds`)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --export: the seed of the confounder's draws (`hitl experiment --seeds`)",
+    )
     p.set_defaults(func=_datasets)
     _register_label_studio(sub)
 
@@ -106,8 +131,10 @@ def _datasets(args) -> int:
     print(f"{'name':<24} {'confounder':<11} {'image shape':<13} {'true mask':<9} clean twin")
     for r in rows:
         shape = " x ".join(map(str, r["image_shape"]))
-        print(f"{r['name']:<24} {r['confounder']:<11} {shape:<13} {'yes' if r['true_mask'] else 'no':<9} "
-              f"{r['clean_twin'] or '-'}")
+        print(
+            f"{r['name']:<24} {r['confounder']:<11} {shape:<13} {'yes' if r['true_mask'] else 'no':<9} "
+            f"{r['clean_twin'] or '-'}"
+        )
     print("user data: folder:PATH (one folder per class) or csv:PATH (ISIC-2017, APTOS-2019, image,label)")
     return 0
 
@@ -121,8 +148,10 @@ def _train(args) -> int:
     if args.distributed:
         env = DistEnv.from_environ()
         if env is None:
-            raise ValueError("--distributed needs torchrun (RANK and WORLD_SIZE are unset): "
-                             "torchrun --nproc-per-node N $(which hitl) train RUN --distributed")
+            raise ValueError(
+                "--distributed needs torchrun (RANK and WORLD_SIZE are unset): "
+                "torchrun --nproc-per-node N $(which hitl) train RUN --distributed"
+            )
         return train_rounds(args.run_dir, args.rounds, env)
     run = Run.open(args.run_dir)
     for _ in range(args.rounds):
@@ -149,21 +178,37 @@ def _register_label_studio(sub) -> None:
     p.add_argument("--deadline-minutes", type=float, default=None, help="stop waiting after this long")
     p.add_argument("--poll-seconds", type=float, default=10.0)
     p.add_argument("--mode", choices=FEEDBACK_MODES, default="union")
-    p.add_argument("--simulate", nargs="?", const="rect", choices=SIMULATED_KINDS, default=None,
-                   help="annotate with a simulated annotator (rectangles or points on the true decoy)")
+    p.add_argument(
+        "--simulate",
+        nargs="?",
+        const="rect",
+        choices=SIMULATED_KINDS,
+        default=None,
+        help="annotate with a simulated annotator (rectangles or points on the true decoy)",
+    )
     p.add_argument("--miss-rate", type=float, default=0.0, help="simulated annotator misses a decoy cell")
-    p.add_argument("--twin", action="store_true",
-                   help="also train RUN-twin: the same data, schedule and seeds with no feedback, round for round "
-                        "(compare them with `hitl compare RUN RUN-twin`)")
+    p.add_argument(
+        "--twin",
+        action="store_true",
+        help="also train RUN-twin: the same data, schedule and seeds with no feedback, round for round "
+        "(compare them with `hitl compare RUN RUN-twin`)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="per round: tasks pushed, annotated, skipped, pending; annotators; budget")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="feedback rounds planned (`hitl run --rounds`), for the budget (default: rounds pushed)")
-    p.add_argument("--backend-url", default=None,
-                   help="the ML backend whose /health gives model_version (default: the project's connected one)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="feedback rounds planned (`hitl run --rounds`), for the budget (default: rounds pushed)",
+    )
+    p.add_argument(
+        "--backend-url",
+        default=None,
+        help="the ML backend whose /health gives model_version (default: the project's connected one)",
+    )
     p.set_defaults(func=_status)
 
 
@@ -179,8 +224,13 @@ def _open(args, *, linking: bool = True):
     client = connect()
     url = os.environ["LABEL_STUDIO_URL"]  # connect() has checked it is set
     if linking:
-        return run, client, connect_project(run, client, url, title=args.project_title,
-                                            document_root=args.document_root, data_uri=args.data_uri)
+        return (
+            run,
+            client,
+            connect_project(
+                run, client, url, title=args.project_title, document_root=args.document_root, data_uri=args.data_uri
+            ),
+        )
     link = read_link(run)
     if link is None:
         raise ValueError(f"run {args.run_dir} is not linked to a Label Studio project yet: run `hitl push` first")
@@ -189,8 +239,9 @@ def _open(args, *, linking: bool = True):
 
 def _push(args) -> int:
     run, client, link = _open(args)
-    task_ids = push(run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri,
-                    progress=True)
+    task_ids = push(
+        run, client, link.project_id, document_root=link.document_root, data_uri=link.data_uri, progress=True
+    )
     print(f"round {run.current_round()}: {len(task_ids)} tasks in {link.url}/projects/{link.project_id}")
     return 0
 
@@ -209,17 +260,31 @@ def _run(args) -> int:
     run, client, link = _open(args)
     twin = run.twin() if args.twin else None
     try:
-        run_loop(run, client, link, rounds=args.rounds, min_annotations=args.min_annotations,
-                 deadline_minutes=args.deadline_minutes, poll_seconds=args.poll_seconds, simulate=args.simulate,
-                 miss_rate=args.miss_rate, mode=args.mode, twin=twin)
+        run_loop(
+            run,
+            client,
+            link,
+            rounds=args.rounds,
+            min_annotations=args.min_annotations,
+            deadline_minutes=args.deadline_minutes,
+            poll_seconds=args.poll_seconds,
+            simulate=args.simulate,
+            miss_rate=args.miss_rate,
+            mode=args.mode,
+            twin=twin,
+        )
     except KeyboardInterrupt:
-        print(f"\ninterrupted; `hitl run {args.run_dir} --rounds {args.rounds}` resumes where this stopped",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted; `hitl run {args.run_dir} --rounds {args.rounds}` resumes where this stopped",
+            file=sys.stderr,
+        )
         return 130
     print(f"done: round {run.current_round()} trained ({run.model_version(run.current_round())})")
     if twin is not None:
-        print(f"no-feedback twin: {twin.directory} (round {twin.current_round()}); "
-              f"compare: hitl compare {args.run_dir} {twin.directory}")
+        print(
+            f"no-feedback twin: {twin.directory} (round {twin.current_round()}); "
+            f"compare: hitl compare {args.run_dir} {twin.directory}"
+        )
     return 0
 
 
@@ -234,11 +299,14 @@ def _status(args) -> int:
 def render_status(s: RunStatus) -> str:
     """The status as plain-text tables (times in seconds)."""
     ls = s.label_studio
-    lines = [f"run {s.run}: newest model_version {s.model_version or '- (round 0 not trained)'}; training now: "
-             + (f"yes (pid {s.training_pid})" if s.training else "no")]
+    lines = [
+        f"run {s.run}: newest model_version {s.model_version or '- (round 0 not trained)'}; training now: "
+        + (f"yes (pid {s.training_pid})" if s.training else "no")
+    ]
     if ls.reachable:
-        lines.append(f"Label Studio: {ls.url}/projects/{ls.project_id} (live counts; {ls.not_pulled} annotations "
-                     f"not pulled yet)")
+        lines.append(
+            f"Label Studio: {ls.url}/projects/{ls.project_id} (live counts; {ls.not_pulled} annotations not pulled yet)"
+        )
     else:
         lines.append(f"Label Studio: {ls.message}")
     head = ("round", "pushed", "annotated", "skipped", "pending", "label fixes", "model_version", "acc")
@@ -255,8 +323,10 @@ def render_status(s: RunStatus) -> str:
     else:
         lines.append("annotators: no answers yet")
     b = s.budget
-    lines.append(f"budget: {b.annotated_images} of {b.images} images annotated ({b.spent:.0%}): {b.per_round} per "
-                 f"round x {b.rounds} round{'s' if b.rounds != 1 else ''}")
+    lines.append(
+        f"budget: {b.annotated_images} of {b.images} images annotated ({b.spent:.0%}): {b.per_round} per "
+        f"round x {b.rounds} round{'s' if b.rounds != 1 else ''}"
+    )
     if s.backend is not None:
         k = s.backend
         lines.append(f"backend {k.url}: " + (k.error or f"model_version {k.model_version}, training {k.training}"))
@@ -280,5 +350,7 @@ def _table(head: tuple, rows: list[tuple]) -> list[str]:
     """Left-aligned first column, the others right-aligned, each as wide as its widest cell."""
     cells = [tuple(str(c) for c in row) for row in [head, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in cells]
+    return [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in cells
+    ]

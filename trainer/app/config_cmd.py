@@ -14,8 +14,13 @@ from label_config.interface import parse_project_config
 from label_config.snippet import TOOLS, feedback_snippet, merge_snippet, starter_config
 
 
-def config_text(*, classes: list[str] | None = None, project_config: str | None = None,
-                tool: str = "rectangle", snippet_only: bool = False) -> str:
+def config_text(
+    *,
+    classes: list[str] | None = None,
+    project_config: str | None = None,
+    tool: str = "rectangle",
+    snippet_only: bool = False,
+) -> str:
     """What ``hitl config`` prints; exactly one of ``classes`` and ``project_config`` (the XML). ValueError
     naming what is wrong with either."""
     if (classes is None) == (project_config is None):

@@ -75,8 +75,10 @@ class DemoConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port!r}")
         external = (self.label_studio_url, self.api_key, self.document_root)
         if any(v is not None for v in external) and any(v is None for v in external):
-            raise ValueError("an existing Label Studio needs all three: --label-studio-url, --api-key and "
-                             "--document-root (its LOCAL_FILES_DOCUMENT_ROOT)")
+            raise ValueError(
+                "an existing Label Studio needs all three: --label-studio-url, --api-key and "
+                "--document-root (its LOCAL_FILES_DOCUMENT_ROOT)"
+            )
         if self.label_studio_url is not None and self.port is not None:
             raise ValueError("--port is for the Label Studio the demo starts; it does not go with --label-studio-url")
 
@@ -107,8 +109,10 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict:
                        backend_url=backend_url, seconds=time.monotonic() - began)  # fmt: skip
         write_json(directory / "results.json", results)
         log(format_table(results))
-        log(f"plots: {', '.join(results['plots'].values())}\nresults: {directory / 'results.json'}\n"
-            f"demo took {results['seconds']:.0f} s")
+        log(
+            f"plots: {', '.join(results['plots'].values())}\nresults: {directory / 'results.json'}\n"
+            f"demo took {results['seconds']:.0f} s"
+        )
         if not cfg.stop:
             _wait_for_ctrl_c(services, results, log)
         return results
@@ -126,18 +130,27 @@ def _start_services(cfg: DemoConfig, feedback: Run, services: list, log):
         startup_timeout=300)  # fmt: skip
     url, token = (cfg.label_studio_url.rstrip("/"), cfg.api_key) if server is None else (server.url, server.token)
     # The backend imports torch while Label Studio migrates its database: both start at once.
-    backend = BackendProcess(feedback.directory, label_studio_url=url, api_key=token,
-                             log_path=directory / "ml-backend.log")
+    backend = BackendProcess(
+        feedback.directory, label_studio_url=url, api_key=token, log_path=directory / "ml-backend.log"
+    )
     services.append(backend.start())
     if server is not None:
         log(f"starting Label Studio on {url} (data in {server.data_dir}; a first start takes 30-80 s)")
         services.append(server)
         server.start()
-        log(f"Label Studio {url} is up ({server.startup_seconds:.0f} s)\n  login: {server.username}\n"
-            f"  password: {server.password}\n  API token (LABEL_STUDIO_API_KEY): {server.token}")
+        log(
+            f"Label Studio {url} is up ({server.startup_seconds:.0f} s)\n  login: {server.username}\n"
+            f"  password: {server.password}\n  API token (LABEL_STUDIO_API_KEY): {server.token}"
+        )
     client = connect(url, token)
-    link = link_project(feedback, client, url, document_root=cfg.document_root or server.document_root,
-                        own_server=server is not None, title=f"hitl demo {directory.name}"[:50])
+    link = link_project(
+        feedback,
+        client,
+        url,
+        document_root=cfg.document_root or server.document_root,
+        own_server=server is not None,
+        title=f"hitl demo {directory.name}"[:50],
+    )
     backend.wait_healthy()
     connect_backend(client, link.project_id, backend.url)
     log(f"ML backend {backend.url} connected to project {link.project_id} (log: {backend.log_path})")
@@ -154,12 +167,22 @@ def _train_arms(cfg: DemoConfig, feedback: Run, baseline: Run, client, link, log
         # Not a multiprocessing.Pool: one whose worker was killed waits forever, in get() and in terminate().
         with worker_pool(1, threads=1) as pool:
             pending = pool.submit(train_baseline, str(baseline.directory), cfg.rounds)
-            run_loop(feedback, client, link, rounds=cfg.rounds, simulate="rect", progress=sys.stderr.isatty(),
-                     log=lambda line: log(f"[feedback] {line}"))
+            run_loop(
+                feedback,
+                client,
+                link,
+                rounds=cfg.rounds,
+                simulate="rect",
+                progress=sys.stderr.isatty(),
+                log=lambda line: log(f"[feedback] {line}"),
+            )
             if not pending.done():
                 log("[baseline] waiting for the baseline arm to finish")
-            history = job_result(pending, "the baseline arm's worker process died (killed, or out of memory?); the "
-                                          "same command resumes both arms from their last checkpoints")
+            history = job_result(
+                pending,
+                "the baseline arm's worker process died (killed, or out of memory?); the "
+                "same command resumes both arms from their last checkpoints",
+            )
             curve = ", ".join(f"{h['acc']:.3f}" for h in history)
             log(f"[baseline] accuracy per round: {curve}")
         arms = {"baseline": summarise(baseline), "feedback": summarise(feedback)}
@@ -235,10 +258,14 @@ def format_table(results: dict) -> str:
     rows = [f"{'arm':<10} {'accuracy':>9} {'min loss':>9} {'irrelevant share':>17} {'annotated':>10}"]
     for name, arm in results["arms"].items():
         loss = "-" if arm["min_loss"] is None else f"{arm['min_loss']:.3f}"
-        rows.append(f"{name:<10} {arm['acc']:>9.1%} {loss:>9} {arm['irrelevant_share']:>17.3f} "
-                    f"{arm['annotated_fraction']:>10.1%}")
-    rows.append(f"feedback - baseline: {results['margin_points']:+.1f} accuracy points on the decoy test set "
-                f"({results['test_images']} images; irrelevant share = saliency inside the decoy patch)")
+        rows.append(
+            f"{name:<10} {arm['acc']:>9.1%} {loss:>9} {arm['irrelevant_share']:>17.3f} "
+            f"{arm['annotated_fraction']:>10.1%}"
+        )
+    rows.append(
+        f"feedback - baseline: {results['margin_points']:+.1f} accuracy points on the decoy test set "
+        f"({results['test_images']} images; irrelevant share = saliency inside the decoy patch)"
+    )
     return "\n".join(rows)
 
 
@@ -252,8 +279,10 @@ def _wait_for_ctrl_c(services: list, results: dict, log) -> None:
     ls = results["label_studio"]
     server = next((s for s in services if isinstance(s, LabelStudioServer)), None)
     owner = "" if server is None else f" (login: {server.username} / {server.password})"
-    log(f"\nLabel Studio keeps running: open {ls['project_url']}{owner} to see the tasks, the saliency and the "
-        f"annotations.\nPress Ctrl-C to stop Label Studio and the ML backend.")
+    log(
+        f"\nLabel Studio keeps running: open {ls['project_url']}{owner} to see the tasks, the saliency and the "
+        f"annotations.\nPress Ctrl-C to stop Label Studio and the ML backend."
+    )
     try:
         while all(s.running for s in services):
             time.sleep(1.0)
@@ -284,8 +313,12 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="the whole loop on Decoy-MNIST with a local Label Studio and the ML backend")
     p.add_argument("--dir", type=Path, default=d.directory, help=f"where everything goes (default {d.directory})")
     p.add_argument("--rounds", type=int, default=d.rounds, help=f"feedback rounds (default {d.rounds})")
-    p.add_argument("--per-round", type=int, default=d.per_round,
-                   help=f"images annotated per round (default {d.per_round}: 2.5%% of the 4,000 over 5 rounds)")
+    p.add_argument(
+        "--per-round",
+        type=int,
+        default=d.per_round,
+        help=f"images annotated per round (default {d.per_round}: 2.5%% of the 4,000 over 5 rounds)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -293,21 +326,34 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="port of the Label Studio it starts (default: 8080 if free)")
     p.add_argument("--label-studio-url", default=None, help="use this running Label Studio instead of starting one")
     p.add_argument("--api-key", default=None, help="its legacy API token (with --label-studio-url)")
-    p.add_argument("--document-root", type=Path, default=None,
-                   help="its LOCAL_FILES_DOCUMENT_ROOT (with --label-studio-url)")
+    p.add_argument(
+        "--document-root", type=Path, default=None, help="its LOCAL_FILES_DOCUMENT_ROOT (with --label-studio-url)"
+    )
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    cfg = DemoConfig(directory=args.dir, rounds=args.rounds, per_round=args.per_round, epochs=args.epochs,
-                     batch_size=args.batch_size, seed=args.seed, stop=args.stop, port=args.port,
-                     label_studio_url=args.label_studio_url, api_key=args.api_key, document_root=args.document_root)
+    cfg = DemoConfig(
+        directory=args.dir,
+        rounds=args.rounds,
+        per_round=args.per_round,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        stop=args.stop,
+        port=args.port,
+        label_studio_url=args.label_studio_url,
+        api_key=args.api_key,
+        document_root=args.document_root,
+    )
     # A plain `kill` must also unwind run_demo's finally, which stops Label Studio and the backend.
     try:
         with exit_on_sigterm():
             run_demo(cfg)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the same command (`hitl demo --dir {args.dir} ...`) continues where this stopped",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted; the same command (`hitl demo --dir {args.dir} ...`) continues where this stopped",
+            file=sys.stderr,
+        )
         return 130
     return 0

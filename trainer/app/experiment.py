@@ -71,8 +71,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         for name in self.datasets:
             if clean_twin(name) is None:
-                raise ValueError(f"experiments need built-in datasets with a known decoy (confounder): "
-                                 f"{', '.join(CONFOUNDED)}; got {name!r}")
+                raise ValueError(
+                    f"experiments need built-in datasets with a known decoy (confounder): "
+                    f"{', '.join(CONFOUNDED)}; got {name!r}"
+                )
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise ValueError(f"unknown arms {sorted(unknown)}: use {', '.join(ARMS)}")
@@ -130,12 +132,27 @@ def run_arm(cfg: ExperimentConfig, dataset: str, kind: str, seed: int, budget: f
             probs = result.train_probs  # as `hitl run` picks: the scores of round_ - 1's last epoch
             if probs is None or bool(torch.isnan(probs).any()):
                 probs = predict_probs(model, train)
-            ids = select(probs, train.labels, n_new, strategy=strategy, exclude=feedback.given_ids(),
-                         seed=round_seed(seed, round_ - 1))  # the model of round_ - 1 picks, as in `hitl run`
+            ids = select(
+                probs,
+                train.labels,
+                n_new,
+                strategy=strategy,
+                exclude=feedback.given_ids(),
+                seed=round_seed(seed, round_ - 1),
+            )  # the model of round_ - 1 picks, as in `hitl run`
             for i in ids:
                 feedback.cells[int(i)] = simulated_cells(truth[i], grid, cfg.annotator, rng)
-        result = train_round(model, train, feedback, grid, cfg.train, optimizer=optimizer, val_set=test,
-                             seed=round_seed(seed, round_), score=kind == "hitl")
+        result = train_round(
+            model,
+            train,
+            feedback,
+            grid,
+            cfg.train,
+            optimizer=optimizer,
+            val_set=test,
+            seed=round_seed(seed, round_),
+            score=kind == "hitl",
+        )
         losses += [e.val_loss for e in result.epochs]
         history.append({"round": round_, "acc": result.epochs[-1].val_acc, "annotated": len(feedback.annotated_ids()),
                         "epoch_acc": [e.val_acc for e in result.epochs], "asked": [int(i) for i in ids]})  # fmt: skip
@@ -229,8 +246,11 @@ def run_experiment(cfg: ExperimentConfig, out: Path | None = None, *, log=print)
         for fut in as_completed(waiting):
             for job in waiting[fut]:
                 dataset, name, kind, seed = job[:4]
-                answer = job_result(fut, f"a worker process died while training {dataset} {name} seed {seed} (killed, "
-                                         f"or out of memory?); the arms finished before it are in results.json")
+                answer = job_result(
+                    fut,
+                    f"a worker process died while training {dataset} {name} seed {seed} (killed, "
+                    f"or out of memory?); the arms finished before it are in results.json",
+                )
                 r = done[job] = answer[dataset] if kind == "clean" else answer
                 log(f"{dataset:<22} {name:<28} seed {seed}: acc {r['acc']:.3f}  min loss {r['min_loss']:.3f}  "
                     f"irrelevant share {r['irrelevant_share']:.3f}  ({r['seconds']:.0f} s)")  # fmt: skip
@@ -251,7 +271,8 @@ def _results(cfg: ExperimentConfig, jobs: list[tuple], done: dict[tuple, dict]) 
             continue
         (dataset, name, kind, seed), r = job[:4], done[job]
         arm = results["datasets"][dataset]["arms"].setdefault(
-            name, {"seeds": [], "acc": [], "min_loss": [], "irrelevant_share": [], "history": []})
+            name, {"seeds": [], "acc": [], "min_loss": [], "irrelevant_share": [], "history": []}
+        )
         arm["seeds"].append(seed)
         for key in ("acc", "min_loss", "irrelevant_share", "history"):
             arm[key].append(r[key])
@@ -304,17 +325,30 @@ def register(sub) -> None:
     """``hitl experiment``."""
     d = TrainConfig()
     p = sub.add_parser("experiment", help="offline benchmark with a simulated annotator (built-in confounders)")
-    p.add_argument("--dataset", nargs="+", default=["decoy-mnist"],
-                   help=f"built-in dataset(s) with a confounder (`hitl datasets`): {', '.join(CONFOUNDED)}")
+    p.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["decoy-mnist"],
+        help=f"built-in dataset(s) with a confounder (`hitl datasets`): {', '.join(CONFOUNDED)}",
+    )
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--image-size", type=int, default=None, help="resize the data (default: the dataset's size)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="forward passes (default fp32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budget", type=float, nargs="+", default=[0.01],
-                   help="share of training images that may receive feedback over all rounds (several: a sweep)")
-    p.add_argument("--strategy", nargs="+", default=[SamplingConfig().strategy],
-                   help="sampler(s): entropy, confident_mistakes, margin, random")
+    p.add_argument(
+        "--budget",
+        type=float,
+        nargs="+",
+        default=[0.01],
+        help="share of training images that may receive feedback over all rounds (several: a sweep)",
+    )
+    p.add_argument(
+        "--strategy",
+        nargs="+",
+        default=[SamplingConfig().strategy],
+        help="sampler(s): entropy, confident_mistakes, margin, random",
+    )
     p.add_argument("--rounds", type=int, default=5, help="feedback rounds after the initial round")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per round (default {d.epochs})")
     p.add_argument("--lam", type=float, default=None, help=f"penalty weight (default {d.lam}; < 0: automatic)")
@@ -324,17 +358,33 @@ def register(sub) -> None:
     p.add_argument("--replay-weight", type=float, default=None,
                    help="CE weight of each appended annotated row, in batch rows (default: 16 x penalty-every / "
                         "replay)")  # fmt: skip
-    p.add_argument("--penalty-every", type=int, default=None,
-                   help="penalise every k-th step at k times the weight (default: the model's plan, 1)")
+    p.add_argument(
+        "--penalty-every",
+        type=int,
+        default=None,
+        help="penalise every k-th step at k times the weight (default: the model's plan, 1)",
+    )
     p.add_argument("--warmup", type=int, default=None, help=f"lambda warm-up steps (default {d.warmup_steps})")
-    p.add_argument("--counterexamples", type=float, default=None,
-                   help=f"share of replayed rows refilled in their mask (default {d.counterexamples})")
-    p.add_argument("--donors", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"refill from other images of the batch, not a random level (default {d.donors})")
+    p.add_argument(
+        "--counterexamples",
+        type=float,
+        default=None,
+        help=f"share of replayed rows refilled in their mask (default {d.counterexamples})",
+    )
+    p.add_argument(
+        "--donors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"refill from other images of the batch, not a random level (default {d.donors})",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
-                   help=f"learning rate within each round (default {d.lr_schedule}; cosine: from --lr to 0)")
+    p.add_argument(
+        "--lr-schedule",
+        default=None,
+        choices=LR_SCHEDULES,
+        help=f"learning rate within each round (default {d.lr_schedule}; cosine: from --lr to 0)",
+    )
     p.add_argument("--cell-px", type=int, default=None, help="grid cell side in pixels (default: a 7 x 7 grid)")
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--arms", nargs="+", default=["baseline", "clean", "rrr_all", "hitl"])

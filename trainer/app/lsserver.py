@@ -56,7 +56,8 @@ def _installed_version(python: Path) -> str | None:
         return None
     probe = subprocess.run(
         [str(python), "-c", "import label_studio; print(label_studio.__version__)"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     return probe.stdout.strip() if probe.returncode == 0 else None
 
@@ -143,8 +144,12 @@ class LabelStudioServer:
             return {}
 
     def _store_credentials(self, **extra: str) -> None:
-        payload = {"username": self.username, "password": self.password, "token": self.token,
-                   "secret_key": self.secret_key}
+        payload = {
+            "username": self.username,
+            "password": self.password,
+            "token": self.token,
+            "secret_key": self.secret_key,
+        }
         pat = extra.get("pat") or self._stored_credentials().get("pat")
         if pat:
             payload["pat"] = pat
@@ -205,13 +210,26 @@ class LabelStudioServer:
             # Label Studio would move to another port silently and /health here would ask someone else.
             raise OSError(f"port {self.port} on {self.host} is taken; pass port=None to pick a free one")
         # --internal-host is the bind address; LS's --host is the public URL prefix, which we leave empty.
-        cmd = [str(self.executable), "start", "--no-browser", "--internal-host", self.host,
-               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [
+            str(self.executable),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         self._log = open(self.log_path, "ab")
         began = time.monotonic()
         self._proc = subprocess.Popen(
-            cmd, env=self.environment(), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,  # own process group: stop() kills workers too
+            cmd,
+            env=self.environment(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stop() kills workers too
         )
         atexit.register(self.stop)  # an interpreter that exits normally takes its server along
         try:
@@ -249,8 +267,9 @@ class LabelStudioServer:
 
     def _check_token(self) -> None:
         """Our token must open the API: proves this is our server and the legacy token is enabled."""
-        request = urllib.request.Request(f"{self.url}/api/current-user/whoami",
-                                         headers={"Authorization": f"Token {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}/api/current-user/whoami", headers={"Authorization": f"Token {self.token}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
                 email = json.loads(resp.read()).get("email")
@@ -260,8 +279,9 @@ class LabelStudioServer:
                 f"created by another tool, its user has other credentials: use a fresh data dir"
             ) from None
         if email != self.username:
-            raise RuntimeError(f"Label Studio on {self.url} says the token belongs to {email!r}, "
-                               f"expected {self.username!r}")
+            raise RuntimeError(
+                f"Label Studio on {self.url} says the token belongs to {email!r}, expected {self.username!r}"
+            )
 
     def personal_access_token(self) -> str:
         """The admin's personal access token (a JWT refresh token), created on first use and kept with the data dir.
@@ -272,15 +292,20 @@ class LabelStudioServer:
         stored = self._stored_credentials().get("pat")
         if stored:
             return stored
-        request = urllib.request.Request(f"{self.url}/api/token/", data=b"{}", method="POST",
-                                         headers={"Authorization": f"Token {self.token}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/api/token/",
+            data=b"{}",
+            method="POST",
+            headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 token = json.loads(resp.read())["token"]
         except urllib.error.HTTPError as err:
-            raise RuntimeError(f"Label Studio on {self.url} did not create a personal access token "
-                               f"(HTTP {err.code}); one may exist already outside {self.credentials_path}") from None
+            raise RuntimeError(
+                f"Label Studio on {self.url} did not create a personal access token "
+                f"(HTTP {err.code}); one may exist already outside {self.credentials_path}"
+            ) from None
         self._store_credentials(pat=token)
         return token
 
@@ -332,10 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "ensure-venv":
         print(ensure_ls_venv(args.venv))
         return
-    with LabelStudioServer(args.data_dir, document_root=args.document_root, venv=args.venv,
-                           port=args.port) as server:
-        print(f"LABEL_STUDIO_URL={server.url}\nLABEL_STUDIO_API_KEY={server.token}\n"
-              f"login: {server.username} / {server.password}\nlog: {server.log_path}", flush=True)
+    with LabelStudioServer(args.data_dir, document_root=args.document_root, venv=args.venv, port=args.port) as server:
+        print(
+            f"LABEL_STUDIO_URL={server.url}\nLABEL_STUDIO_API_KEY={server.token}\n"
+            f"login: {server.username} / {server.password}\nlog: {server.log_path}",
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind the with-block: stop LS too
         try:
             signal.pause()

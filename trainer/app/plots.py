@@ -25,8 +25,13 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_accuracy(curves: dict[str, list[float]], path: str | Path, *, title: str = "Accuracy on the decoy test set",
-                  first_feedback_round: int | None = 1) -> Path:
+def plot_accuracy(
+    curves: dict[str, list[float]],
+    path: str | Path,
+    *,
+    title: str = "Accuracy on the decoy test set",
+    first_feedback_round: int | None = 1,
+) -> Path:
     """Accuracy per round, one line per arm. ``curves``: arm -> accuracy (0-1) of rounds 0, 1, ...
 
     A dotted line marks ``first_feedback_round`` (None: no mark).
@@ -69,8 +74,14 @@ def plot_epochs(rounds: list[dict], path, *, title: str = "Test accuracy and los
         if r["annotated"]:
             ax.axvspan(start + 0.5, start + n + 0.5, color="tab:green", alpha=0.08, linewidth=0)
         ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=0.8)
-        ax.text(start + 0.6, 1.0, f"r{r['round']}" + (f" ({r['annotated']})" if r["annotated"] else ""),
-                transform=ax.get_xaxis_transform(), fontsize=7, va="bottom")
+        ax.text(
+            start + 0.6,
+            1.0,
+            f"r{r['round']}" + (f" ({r['annotated']})" if r["annotated"] else ""),
+            transform=ax.get_xaxis_transform(),
+            fontsize=7,
+            va="bottom",
+        )
         xs += list(range(start + 1, start + n + 1))
         accs += [np.nan if a is None else 100 * a for a in r["val_acc"]]
         losses += [np.nan if v is None else v for v in r["val_loss"]]
@@ -95,8 +106,14 @@ def plot_epochs(rounds: list[dict], path, *, title: str = "Test accuracy and los
     return _save(fig, path)
 
 
-def plot_compare(names: list[str], scores: dict[str, list[float]], min_losses: list[float | None], path,
-                 *, title: str = "Runs side by side"):
+def plot_compare(
+    names: list[str],
+    scores: dict[str, list[float]],
+    min_losses: list[float | None],
+    path,
+    *,
+    title: str = "Runs side by side",
+):
     """Grouped bars: each score in ``scores`` (name -> one value in [0, 1] per run) for every run, and the
     runs' minimum test loss beside them (None: not known)."""
     if not names or any(len(v) != len(names) for v in scores.values()) or len(min_losses) != len(names):
@@ -114,16 +131,24 @@ def plot_compare(names: list[str], scores: dict[str, list[float]], min_losses: l
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
-    loss_ax.bar(range(len(names)), [np.nan if v is None else v for v in min_losses],
-                color=[f"C{i}" for i in range(len(names))])
+    loss_ax.bar(
+        range(len(names)), [np.nan if v is None else v for v in min_losses], color=[f"C{i}" for i in range(len(names))]
+    )
     loss_ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
     loss_ax.set_title("min test loss", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_saliency_examples(images, maps: dict[str, np.ndarray], path: str | Path, *, masks=None,
-                           captions: dict[str, list[str]] | None = None, display_px: int = 112) -> Path:
+def plot_saliency_examples(
+    images,
+    maps: dict[str, np.ndarray],
+    path: str | Path,
+    *,
+    masks=None,
+    captions: dict[str, list[str]] | None = None,
+    display_px: int = 112,
+) -> Path:
     """One row per image: the image, then its saliency overlay under each model in ``maps``.
 
     images: (N, C, H, W) in [0, 1]; maps: column title -> (N, H, W) non-negative saliency; masks: (N, H, W)
@@ -143,8 +168,10 @@ def plot_saliency_examples(images, maps: dict[str, np.ndarray], path: str | Path
     scale = display_px / images.shape[-1]
     for i in range(n):
         panels = [("image", np.asarray(image_to_pil(images[i], display_px)))]
-        panels += [(name, np.asarray(overlay_image(images[i], _numpy(m)[i], display_px=display_px)))
-                   for name, m in maps.items()]
+        panels += [
+            (name, np.asarray(overlay_image(images[i], _numpy(m)[i], display_px=display_px)))
+            for name, m in maps.items()
+        ]
         for j, (name, picture) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(picture)

@@ -250,8 +250,10 @@ def _asked_table(rows: tuple[AskedRow, ...]) -> str:
     body = "".join("<tr><td>" + str(r.round) + "</td>" + "".join(f"<td>{getattr(r, f)}</td>" for f in fields) + "</tr>"
                    for r in rows)  # fmt: skip
     body += "<tr><th>all</th>" + "".join(f"<th>{total[f]}</th>" for f in fields) + "</tr>"
-    return ("<table><tr><th>round asked</th><th>asked</th><th>answered</th><th>skipped</th><th>pending</th>"
-            f"<th>marked cells</th><th>label fixes</th></tr>{body}</table>")
+    return (
+        "<table><tr><th>round asked</th><th>asked</th><th>answered</th><th>skipped</th><th>pending</th>"
+        f"<th>marked cells</th><th>label fixes</th></tr>{body}</table>"
+    )
 
 
 def _examples_html(examples: tuple[Example, ...]) -> str:

@@ -28,13 +28,26 @@ class BackendProcess:
     A process of its own, started as a user would start it: ``trainer`` never imports ``ls_backend``.
     """
 
-    def __init__(self, model_dir: Path, *, label_studio_url: str, api_key: str, log_path: Path,
-                 host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        label_studio_url: str,
+        api_key: str,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
         self.model_dir, self.log_path, self.host = Path(model_dir), Path(log_path), host
         self.port = port or free_port(host)
         self.env = {k: v for k, v in os.environ.items() if k not in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")}
-        self.env.update(MODEL_DIR=str(self.model_dir), LABEL_STUDIO_URL=label_studio_url,
-                        LABEL_STUDIO_API_KEY=api_key, AUTO_TRAIN_AFTER="0", OMP_NUM_THREADS="1")
+        self.env.update(
+            MODEL_DIR=str(self.model_dir),
+            LABEL_STUDIO_URL=label_studio_url,
+            LABEL_STUDIO_API_KEY=api_key,
+            AUTO_TRAIN_AFTER="0",
+            OMP_NUM_THREADS="1",
+        )
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -50,8 +63,21 @@ class BackendProcess:
 
         # gunicorn 27 opens a control socket at one fixed path per user: two backends would share it.
         quiet = ["--no-control-socket"] if gunicorn.version_info >= (27,) else []
-        cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4", "--timeout", "300", *quiet,
-               "--bind", f"{self.host}:{self.port}", "ls_backend.wsgi:create()"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+            "--timeout",
+            "300",
+            *quiet,
+            "--bind",
+            f"{self.host}:{self.port}",
+            "ls_backend.wsgi:create()",
+        ]
         with open(self.log_path, "ab") as log:  # the child keeps its own handle
             self._proc = subprocess.Popen(cmd, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -70,8 +96,9 @@ class BackendProcess:
             except OSError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"the ML backend did not answer {self.url}/health within {timeout:.0f} s; "
-                           f"see {self.log_path}")
+        raise TimeoutError(
+            f"the ML backend did not answer {self.url}/health within {timeout:.0f} s; see {self.log_path}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self._proc = self._proc, None

@@ -177,11 +177,18 @@ def summarise(*, run: str, pushed: Sequence[PushedTask], answers: Sequence[Answe
         annotated = sum(any(not a.skip for a in by_task.get(t, [])) for t in tasks)
         answered = sum(bool(by_task.get(t)) for t in tasks)
         model = models.get(round_, {})
-        rounds.append(RoundStatus(
-            round=round_, pushed=len(tasks), annotated=annotated, skipped=answered - annotated,
-            pending=len(tasks) - answered, label_corrections=sum(a.label_correction for t in tasks for a in by_task.get(t, [])),
-            model_version=model.get("model_version"), acc=(model.get("metrics") or {}).get("acc"),
-        ))  # fmt: skip
+        rounds.append(
+            RoundStatus(
+                round=round_,
+                pushed=len(tasks),
+                annotated=annotated,
+                skipped=answered - annotated,
+                pending=len(tasks) - answered,
+                label_corrections=sum(a.label_correction for t in tasks for a in by_task.get(t, [])),
+                model_version=model.get("model_version"),
+                acc=(model.get("metrics") or {}).get("acc"),
+            )
+        )
     sample_of = {t.task_id: t.sample_id for t in pushed}
     images = {sample_of[a.task_id] for a in answers if not a.skip}
     pushed_rounds = len(set(round_of.values()))
@@ -240,8 +247,10 @@ def gather(run: Run, *, api_key: str | None = None, backend_url: str | None = No
         else:
             answers, counts_from = answers_from_label_studio(records), "label-studio"
             ls = LabelStudioStatus(link.url, project_id, True, not_pulled=not_pulled(records, pulled))
-            users, backends = _optional(user_emails, client, default={}), _optional(
-                ml_backend_urls, client, link.project_id, default=[])
+            users, backends = (
+                _optional(user_emails, client, default={}),
+                _optional(ml_backend_urls, client, link.project_id, default=[]),
+            )
     url = backend_url or (backends[0] if backends else None)
     current = run.current_round()
     return summarise(

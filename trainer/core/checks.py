@@ -28,8 +28,10 @@ def check_positive(value, name: str, *, optional: bool = False) -> float | None:
     """A finite number > 0 (or None when ``optional``)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return float(value)

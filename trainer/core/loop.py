@@ -286,8 +286,15 @@ def train_round(
                 group["lr"] = lr
             optimizer.step()
             ce_b = ce_sum.detach().double()
-            sums += torch.stack([ce_b + scale * pen_sum.detach().double() * counts[0], ce_b,
-                                 pen_sum.detach().double(), counts.new_tensor(len(xa)), counts.new_tensor(n_rows)])
+            sums += torch.stack(
+                [
+                    ce_b + scale * pen_sum.detach().double() * counts[0],
+                    ce_b,
+                    pen_sum.detach().double(),
+                    counts.new_tensor(len(xa)),
+                    counts.new_tensor(n_rows),
+                ]
+            )
         result.epochs.append(_epoch_metrics(epoch, parallel.all_reduce(sums).tolist()))
         if probs is not None:
             result.train_probs = probs.cpu()
@@ -297,8 +304,9 @@ def train_round(
     return result
 
 
-def _first_lambda(parallel: Parallel, ce: torch.Tensor, rows: int, pen_sum: torch.Tensor,
-                  counts: torch.Tensor) -> float | None:
+def _first_lambda(
+    parallel: Parallel, ce: torch.Tensor, rows: int, pen_sum: torch.Tensor, counts: torch.Tensor
+) -> float | None:
     """Automatic lambda (penalty = CE) from the first step with annotated rows over all processes; None
     before one. ce: this process's mean CE over its ``rows``; counts: (B, M) over all processes."""
     t = parallel.all_reduce(torch.stack([ce.detach().double() * rows, pen_sum.detach().double()]))
@@ -316,7 +324,14 @@ class ReplayPool:
     """Annotated rows for each step: those already in the batch plus ``k`` drawn from all annotated images."""
 
     def __init__(
-        self, dataset: Dataset, feedback: Feedback, grid: Grid, annotated: list[int], *, seed, counterexamples: float = 0.0
+        self,
+        dataset: Dataset,
+        feedback: Feedback,
+        grid: Grid,
+        annotated: list[int],
+        *,
+        seed,
+        counterexamples: float = 0.0,
     ) -> None:
         check_share(counterexamples, "counterexamples")
         self.dataset, self.feedback, self.grid = dataset, feedback, grid
@@ -352,8 +367,9 @@ class ReplayPool:
         return x, torch.as_tensor(ys), w, len(drawn)
 
 
-def counterexample(x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator, *,
-                   donors: torch.Tensor | None = None) -> torch.Tensor:
+def counterexample(
+    x: torch.Tensor, w: torch.Tensor, share: float, rng: np.random.Generator, *, donors: torch.Tensor | None = None
+) -> torch.Tensor:
     """Refill the masked region of a random ``share`` of rows: with the same region of a random donor image
     (``donors`` (D, C, H, W), e.g. the step's batch: whatever that region holds in other images, the annotation
     says the label must not depend on it), or with one random level per row and channel without donors.

@@ -29,7 +29,9 @@ def rrr_penalty(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> 
     return penalty_and_logits(model, images, masks)[0]
 
 
-def penalty_and_logits(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def penalty_and_logits(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``rrr_penalty`` (N,) and the logits (N, K) of the same forward pass, so a loss can take the rows' CE
     from it instead of a second forward (``trainer.core.loop.train_round`` does: the replayed rows)."""
     if images.ndim != 4:

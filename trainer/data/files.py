@@ -3,8 +3,8 @@
 Shape legend: N images, C channels, H x W pixels (H = W = ``size``).
 
 Datasets yield ``(image (C, H, W) float32 in [0, 1], label int, sample_id int)`` like the built-ins in
-``trainer.data.benchmarks``. A sample id is the index in its dataset: files are sorted, so ids are stable while the set of
-files (and, for a split, the seed and fraction) is unchanged; ``path_of(sample_id)`` names the file behind one.
+``trainer.data.benchmarks``. A sample id is the index in its dataset: files are sorted, so ids are stable while the
+set of files (and, for a split, the seed and fraction) is unchanged; ``path_of(sample_id)`` names the file behind one.
 
 CSV formats, detected from the header:
   * ISIC-2017 Part 3: ``image_id,melanoma,seborrheic_keratosis`` (0.0/1.0); images ``<image_id>.jpg`` in the
@@ -94,7 +94,6 @@ class FileDataset(Dataset):
             raise ValueError(f"no usable images: all {len(self.skipped)} files were skipped as bad{first}")
         self.decoy_masks = true_masks(self.paths, size)
 
-
     def _keep(self, paths: list[Path], labels: list[int], problems: list, on_error: str) -> None:
         if problems and on_error == "raise":
             raise BadImageError(problems)
@@ -133,7 +132,7 @@ class FileDataset(Dataset):
             raise ValueError(f"sample id {sample_id} is out of range 0..{len(self.paths) - 1}")
         return self.paths[sample_id]
 
-    def subset(self, ids) -> "DatasetPart":
+    def subset(self, ids) -> DatasetPart:
         """The given rows as a dataset with sample ids renumbered 0..len(ids)-1."""
         return DatasetPart(self, ids)
 
@@ -436,7 +435,7 @@ class DatasetPart(Dataset):
             raise ValueError(f"sample id {sample_id} is out of range 0..{len(self.indices) - 1}")
         return self.paths[sample_id]
 
-    def subset(self, ids) -> "DatasetPart":
+    def subset(self, ids) -> DatasetPart:
         return DatasetPart(self.base, self.indices[torch.as_tensor(np.asarray(ids), dtype=torch.long)])
 
 

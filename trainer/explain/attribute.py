@@ -47,9 +47,7 @@ def attribute(
     """
     make_explainer = METHODS[check_choice(method, "saliency method", METHODS)]
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(
-            f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}"
-        )
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
     check_int(batch_size, "batch_size", minimum=1)
     check_int(ig_steps, "ig_steps", minimum=1)
     n = images.shape[0]

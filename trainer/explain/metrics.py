@@ -13,7 +13,9 @@ from trainer.core.models import eval_mode
 from trainer.explain.attribute import attribute, irrelevant_share
 
 
-def test_irrelevant_share(model: nn.Module, dataset: Dataset, *, method: str = "deeplift", limit: int = 500) -> float | None:
+def test_irrelevant_share(
+    model: nn.Module, dataset: Dataset, *, method: str = "deeplift", limit: int = 500
+) -> float | None:
     """Mean share of the saliency (for the predicted class) inside the true irrelevant region, over ``limit``
     images spread evenly over the set (a folder lists its images class by class, so the first ``limit`` could be
     one or two classes); None for a dataset without known irrelevant regions (``decoy_masks`` is None)."""

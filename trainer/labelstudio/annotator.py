@@ -29,8 +29,9 @@ from trainer.runs.run import Run
 SIMULATED_KINDS = ("rect", "point")
 
 
-def simulate_annotator(run: Run, client, project_id: int, *, kind: str = "rect", miss_rate: float = 0.0,
-                       task_ids=None, seed: int = 0) -> list[int]:
+def simulate_annotator(
+    run: Run, client, project_id: int, *, kind: str = "rect", miss_rate: float = 0.0, task_ids=None, seed: int = 0
+) -> list[int]:
     """Annotate every unanswered task (of ``task_ids``, default all) as a person would; the new annotation ids.
 
     Marks the cells that overlap the true decoy (``run.datasets[0].decoy_masks``), each missed with
@@ -61,17 +62,41 @@ def browser_result(grid, cells: np.ndarray, kind: str, rng: np.random.Generator)
     for r, c in np.argwhere(cells):
         x, y, w, h = grid.cell_box_percent(int(r), int(c))
         if kind == "rect":  # drawn by hand: a little inside the cell's borders
-            value = {"x": x + 0.1 * w, "y": y + 0.1 * h, "width": 0.8 * w, "height": 0.8 * h, "rotation": 0,
-                     "rectanglelabels": [CELL_RECT_LABEL]}
+            value = {
+                "x": x + 0.1 * w,
+                "y": y + 0.1 * h,
+                "width": 0.8 * w,
+                "height": 0.8 * h,
+                "rotation": 0,
+                "rectanglelabels": [CELL_RECT_LABEL],
+            }
             name, tag = CELL_RECT, "rectanglelabels"
         else:
             value = {"x": x + w / 2, "y": y + h / 2, "width": 0.5, "keypointlabels": [CELL_POINT_LABEL]}
             name, tag = CELL_POINT, "keypointlabels"
-        result.append({"id": _region_id(rng), "from_name": name, "to_name": ANNOTATED, "type": tag,
-                       "origin": "manual", "original_width": width, "original_height": height,
-                       "image_rotation": 0, "value": value})
-    result.append({"id": _region_id(rng), "from_name": LABEL_CHECK, "to_name": ANNOTATED, "type": "choices",
-                   "origin": "manual", "value": {"choices": [LABEL_OK]}})
+        result.append(
+            {
+                "id": _region_id(rng),
+                "from_name": name,
+                "to_name": ANNOTATED,
+                "type": tag,
+                "origin": "manual",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": value,
+            }
+        )
+    result.append(
+        {
+            "id": _region_id(rng),
+            "from_name": LABEL_CHECK,
+            "to_name": ANNOTATED,
+            "type": "choices",
+            "origin": "manual",
+            "value": {"choices": [LABEL_OK]},
+        }
+    )
     return result
 
 

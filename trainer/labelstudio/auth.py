@@ -83,8 +83,10 @@ def expires_at(token: str) -> float | None:
     if exp is None:
         return None
     if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
-        raise AuthError(f"the Label Studio token's 'exp' is {type(exp).__name__} {str(exp)[:20]!r}, not a finite number "
-                        "of seconds: Label Studio never issues such a token, copy it again")  # fmt: skip
+        raise AuthError(
+            f"the Label Studio token's 'exp' is {type(exp).__name__} {str(exp)[:20]!r}, not a finite number "
+            "of seconds: Label Studio never issues such a token, copy it again"
+        )
     return float(exp)
 
 
@@ -118,8 +120,10 @@ class LabelStudioAuth:
         if self.kind != "legacy":
             exp = expires_at(self._key)  # an unreadable exp is refused here, at start, where the key was given
             if exp is not None and exp <= self._clock():
-                raise AuthError(f"the Label Studio {'personal access' if self.kind == 'pat' else 'access'} token "
-                                "has expired: create a new one (Account & Settings -> Personal Access Token)")  # fmt: skip
+                raise AuthError(
+                    f"the Label Studio {'personal access' if self.kind == 'pat' else 'access'} token "
+                    "has expired: create a new one (Account & Settings -> Personal Access Token)"
+                )
 
     def __repr__(self) -> str:
         return f"LabelStudioAuth(url={self.url!r}, kind={self.kind!r})"
@@ -160,7 +164,9 @@ class LabelStudioAuth:
 
     def _access_token(self) -> str:
         with self._lock:
-            if self._access is None or (self._access_exp is not None and self._clock() >= self._access_exp - self._early):
+            if self._access is None or (
+                self._access_exp is not None and self._clock() >= self._access_exp - self._early
+            ):
                 access = self._refresh()
                 try:
                     exp = expires_at(access)
@@ -175,15 +181,21 @@ class LabelStudioAuth:
     def _refresh(self) -> str:
         where = self.url + REFRESH_PATH
         # Never follow a redirect: a 307 would post the personal access token to wherever it points.
-        no_redirects = {"follow_redirects": False} if isinstance(self._http, httpx.Client) else {"allow_redirects": False}
+        no_redirects = (
+            {"follow_redirects": False} if isinstance(self._http, httpx.Client) else {"allow_redirects": False}
+        )
         try:
             resp = self._http.post(where, json={"refresh": self._key}, timeout=self._timeout, **no_redirects)
         except (requests.RequestException, httpx.HTTPError) as exc:
-            raise AuthError(f"cannot reach {where} to exchange the personal access token: {type(exc).__name__}") from None
+            raise AuthError(
+                f"cannot reach {where} to exchange the personal access token: {type(exc).__name__}"
+            ) from None
         if 300 <= resp.status_code < 400:
-            raise AuthError(f"{where} answered HTTP {resp.status_code} (a redirect to "
-                            f"{resp.headers.get('location', '?')[:100]!r}); the personal access token is never sent "
-                            "after a redirect: set LABEL_STUDIO_URL to the address Label Studio answers at")  # fmt: skip
+            raise AuthError(
+                f"{where} answered HTTP {resp.status_code} (a redirect to "
+                f"{resp.headers.get('location', '?')[:100]!r}); the personal access token is never sent "
+                "after a redirect: set LABEL_STUDIO_URL to the address Label Studio answers at"
+            )
         if resp.status_code != 200:
             hint = (" (revoked, expired, or made by another Label Studio server)" if resp.status_code in (400, 401)
                     else "")  # fmt: skip

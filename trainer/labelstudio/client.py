@@ -53,8 +53,9 @@ class AnnotationRecord:
     lead_time: float | None = None
 
 
-def connect(url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
-            retry: RetryPolicy = RetryPolicy()) -> LabelStudio:
+def connect(
+    url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()
+) -> LabelStudio:
     """A client for ``url`` / ``api_key``, falling back to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``.
     Every call is retried by ``retry`` (``trainer.labelstudio.retry``), never by the SDK.
     The key may be a legacy token or a personal access token; ``label_studio_http`` carries it, not the SDK."""
@@ -90,8 +91,9 @@ def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
     change if it would orphan existing annotations).
     """
     if not TITLE_LENGTH[0] <= len(title) <= TITLE_LENGTH[1]:
-        raise ValueError(f"Label Studio project titles have {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} "
-                         f"characters, got {title!r}")
+        raise ValueError(
+            f"Label Studio project titles have {TITLE_LENGTH[0]} to {TITLE_LENGTH[1]} characters, got {title!r}"
+        )
     # The server's title filter matches substrings: keep exact matches only.
     matches = sorted(p.id for p in client.projects.list(title=title, page_size=100) if p.title == title)
     if not matches:
@@ -110,8 +112,14 @@ def local_file_url(path: str | os.PathLike, document_root: str | os.PathLike) ->
     return LOCAL_FILES_PREFIX + quote(full.relative_to(root).as_posix(), safe="/")
 
 
-def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.PathLike,
-                         document_root: str | os.PathLike, *, title: str = STORAGE_TITLE) -> int:
+def ensure_local_storage(
+    client: LabelStudio,
+    project_id: int,
+    path: str | os.PathLike,
+    document_root: str | os.PathLike,
+    *,
+    title: str = STORAGE_TITLE,
+) -> int:
     """A Local Files import storage on ``project_id`` for folder ``path`` (reused if present); its id.
 
     Label Studio serves ``/data/local-files/`` only from folders some project's storage points at. The
@@ -125,9 +133,7 @@ def ensure_local_storage(client: LabelStudio, project_id: int, path: str | os.Pa
     for storage in client.import_storage.local.list(project=project_id):
         if storage.path and Path(storage.path).resolve() == folder:
             return storage.id
-    storage = client.import_storage.local.create(
-        project=project_id, path=str(folder), title=title, use_blob_urls=True
-    )
+    storage = client.import_storage.local.create(project=project_id, path=str(folder), title=title, use_blob_urls=True)
     return storage.id
 
 
@@ -141,7 +147,7 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict], *, bat
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     task_ids: list[int] = []
     for start in range(0, len(tasks), batch_size):
-        batch = tasks[start:start + batch_size]
+        batch = tasks[start : start + batch_size]
         response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
         ids = list(response.task_ids or [])
         if len(ids) != len(batch):
@@ -160,8 +166,13 @@ def list_task_data(client: LabelStudio, project_id: int, *, page_size: int = 100
     return {t.id: dict(t.data or {}) for t in client.tasks.list(project=project_id, page_size=page_size)}
 
 
-def fetch_annotations(client: LabelStudio, project_id: int, *, sample_key: str = SAMPLE_ID_KEY,
-                      progress: Callable[[int, int], None] | None = None) -> list[AnnotationRecord]:
+def fetch_annotations(
+    client: LabelStudio,
+    project_id: int,
+    *,
+    sample_key: str = SAMPLE_ID_KEY,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[AnnotationRecord]:
     """Every submitted annotation of the project, ordered by task then annotation id.
 
     One request: Label Studio's JSON export of every task (``download_all_tasks``), which holds the
@@ -237,14 +248,22 @@ def _user_id(user: Any) -> int | None:
     return user.get("id") if isinstance(user, dict) else user
 
 
-def annotate_as_browser(client: LabelStudio, task_id: int, result: list[dict], *,
-                        was_cancelled: bool = False, ground_truth: bool = False, lead_time: float | None = None) -> int:
+def annotate_as_browser(
+    client: LabelStudio,
+    task_id: int,
+    result: list[dict],
+    *,
+    was_cancelled: bool = False,
+    ground_truth: bool = False,
+    lead_time: float | None = None,
+) -> int:
     """Submit an annotation through the REST API, as the labelling page does; its id.
 
     ``was_cancelled=True`` is the "Skip" button (send ``result=[]``); ``lead_time``: seconds spent on the task,
     which the labelling page sends.
     """
     extra = {} if lead_time is None else {"lead_time": float(lead_time)}
-    annotation = client.annotations.create(id=task_id, result=result, was_cancelled=was_cancelled,
-                                           ground_truth=ground_truth, **extra)
+    annotation = client.annotations.create(
+        id=task_id, result=result, was_cancelled=was_cancelled, ground_truth=ground_truth, **extra
+    )
     return annotation.id

@@ -15,6 +15,8 @@ from trainer.runs.atomic import write_json
 from trainer.runs.run import Run
 
 LINK_FILE = "label-studio.json"
+
+
 @dataclass(frozen=True)
 class Link:
     """Where a run's tasks live: the server, the project and how images reach it."""
@@ -31,8 +33,9 @@ def read_link(run: Run) -> Link | None:
     return Link(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def connect_project(run: Run, client, url: str, *, title: str | None = None, document_root=None,
-                    data_uri: bool | None = None) -> Link:
+def connect_project(
+    run: Run, client, url: str, *, title: str | None = None, document_root=None, data_uri: bool | None = None
+) -> Link:
     """The run's project on ``url``: the linked one, or one found or created by ``title``; saved in the run.
 
     document_root defaults to the linked one, then to ``LOCAL_FILES_DOCUMENT_ROOT`` (Label Studio's name).
@@ -40,8 +43,10 @@ def connect_project(run: Run, client, url: str, *, title: str | None = None, doc
     url = url.rstrip("/")
     link = read_link(run)
     if link is not None and link.url != url:
-        raise ValueError(f"run {run.directory} is linked to project {link.project_id} on {link.url}, not {url}; "
-                         f"delete {run.directory / LINK_FILE} to start over on another server")
+        raise ValueError(
+            f"run {run.directory} is linked to project {link.project_id} on {link.url}, not {url}; "
+            f"delete {run.directory / LINK_FILE} to start over on another server"
+        )
     if link is None:
         title = title or f"hitl {run.name}"[:50]
         link = Link(url=url, project_id=ensure_project(client, title, label_config_for(run)), title=title)
@@ -50,10 +55,15 @@ def connect_project(run: Run, client, url: str, *, title: str | None = None, doc
     else:
         client.projects.get(id=link.project_id)  # fails loudly when the project was deleted
     root = document_root or link.document_root or os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
-    link = replace(link, document_root=str(Path(root).resolve()) if root else None,
-                   data_uri=link.data_uri if data_uri is None else bool(data_uri))
+    link = replace(
+        link,
+        document_root=str(Path(root).resolve()) if root else None,
+        data_uri=link.data_uri if data_uri is None else bool(data_uri),
+    )
     if link.document_root is None and not link.data_uri:
-        raise ValueError("no document root for the task images: pass --document-root (Label Studio's "
-                         "LOCAL_FILES_DOCUMENT_ROOT) or set LOCAL_FILES_DOCUMENT_ROOT, or use --data-uri")
+        raise ValueError(
+            "no document root for the task images: pass --document-root (Label Studio's "
+            "LOCAL_FILES_DOCUMENT_ROOT) or set LOCAL_FILES_DOCUMENT_ROOT, or use --data-uri"
+        )
     write_json(run.directory / LINK_FILE, asdict(link))
     return link

@@ -29,9 +29,17 @@ from trainer.runs.run import Run
 _LOG = logging.getLogger(__name__)
 
 
-def wait_for_annotations(client, project_id: int, task_ids: list[int], *, min_annotations: int | None = None,
-                         deadline_s: float | None = None, poll_s: float = 10.0, progress: bool = True,
-                         desc: str = "annotated") -> int:
+def wait_for_annotations(
+    client,
+    project_id: int,
+    task_ids: list[int],
+    *,
+    min_annotations: int | None = None,
+    deadline_s: float | None = None,
+    poll_s: float = 10.0,
+    progress: bool = True,
+    desc: str = "annotated",
+) -> int:
     """Poll until ``min_annotations`` of ``task_ids`` have an annotation (default: all) or the deadline
     passes; how many have one. A skip counts: the annotator answered."""
     tasks = set(task_ids)
@@ -49,10 +57,22 @@ def wait_for_annotations(client, project_id: int, task_ids: list[int], *, min_an
             time.sleep(left)
 
 
-def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int | None = None,
-             deadline_minutes: float | None = None, poll_seconds: float = 10.0, simulate: str | None = None,
-             miss_rate: float = 0.0, mode: str = "union", progress: bool = True, log=print,
-             twin: Run | None = None) -> list[dict]:
+def run_loop(
+    run: Run,
+    client,
+    link: Link,
+    *,
+    rounds: int,
+    min_annotations: int | None = None,
+    deadline_minutes: float | None = None,
+    poll_seconds: float = 10.0,
+    simulate: str | None = None,
+    miss_rate: float = 0.0,
+    mode: str = "union",
+    progress: bool = True,
+    log=print,
+    twin: Run | None = None,
+) -> list[dict]:
     """Train until the newest checkpoint is round ``rounds``: each round push -> annotate -> pull -> train.
 
     Starts where the checkpoints and the ledger say the run stopped. Returns the rounds trained now.
@@ -68,17 +88,38 @@ def run_loop(run: Run, client, link: Link, *, rounds: int, min_annotations: int 
     if run.current_round() < 0:
         trained.append(_train(run, None, progress, log))
     while (r := run.current_round()) < rounds:
-        task_ids = push(run, client, link.project_id, round=r, document_root=link.document_root,
-                        data_uri=link.data_uri, progress=progress)
+        task_ids = push(
+            run,
+            client,
+            link.project_id,
+            round=r,
+            document_root=link.document_root,
+            data_uri=link.data_uri,
+            progress=progress,
+        )
         log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({link.url}/projects/{link.project_id})")
         _train_twin(twin, r, progress, log)
         if simulate:
-            simulate_annotator(run, client, link.project_id, kind=simulate, miss_rate=miss_rate,
-                               task_ids=task_ids, seed=run.config.seed + r)
+            simulate_annotator(
+                run,
+                client,
+                link.project_id,
+                kind=simulate,
+                miss_rate=miss_rate,
+                task_ids=task_ids,
+                seed=run.config.seed + r,
+            )
         else:
-            wait_for_annotations(client, link.project_id, task_ids, min_annotations=min_annotations,
-                                 deadline_s=None if deadline_minutes is None else 60.0 * deadline_minutes,
-                                 poll_s=poll_seconds, progress=progress, desc=f"round {r} annotated")
+            wait_for_annotations(
+                client,
+                link.project_id,
+                task_ids,
+                min_annotations=min_annotations,
+                deadline_s=None if deadline_minutes is None else 60.0 * deadline_minutes,
+                poll_s=poll_seconds,
+                progress=progress,
+                desc=f"round {r} annotated",
+            )
         report = pull(run, client, link.project_id, mode=mode, progress=progress)
         summary, *details = report.lines()
         log(f"round {r}: {summary}")

@@ -60,9 +60,11 @@ class PullReport:
         return tuple(i.reason for i in self.invalid)
 
     def summary(self) -> str:
-        return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped, "
-                f"{self.deleted} deleted, {self.ignored} ignored, {len(self.invalid)} invalid "
-                f"({self.invalidated} of them valid before), {len(self.warnings)} warnings")
+        return (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped, "
+            f"{self.deleted} deleted, {self.ignored} ignored, {len(self.invalid)} invalid "
+            f"({self.invalidated} of them valid before), {len(self.warnings)} warnings"
+        )
 
     def lines(self) -> list[str]:
         """The summary, then a line per invalid annotation and per warning: what ``hitl pull``, ``hitl run`` and
@@ -85,8 +87,10 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union", progress: bo
     ledger = run.ledger
     with ledger.pull_lock():
         started = utc_timestamp()
-        with progress_bar(enabled=progress, desc="pull", unit="task") as bar, \
-                activity(f"pull of project {project_id}'s annotations"):
+        with (
+            progress_bar(enabled=progress, desc="pull", unit="task") as bar,
+            activity(f"pull of project {project_id}'s annotations"),
+        ):
             records = fetch_annotations(client, project_id, progress=lambda done, total: _advance(bar, done, total))
         # Only pulls write annotations and they take turns: the versions read here hold until the write below.
         parsed = _parse_changed(run, records, ledger.annotation_versions())
@@ -114,19 +118,26 @@ def _region_kinds(record: AnnotationRecord) -> list[str]:
 
 def _parse_changed(run: Run, records: list[AnnotationRecord], versions: dict[int, str]) -> dict:
     """annotation id -> AnnotationFeedback or InvalidAnnotation, for our annotations whose version is new."""
-    return {r.annotation_id: _parse(run, r) for r in records
-            if r.sample_id is not None and versions.get(r.annotation_id) != utc_timestamp(r.updated_at)}
+    return {
+        r.annotation_id: _parse(run, r)
+        for r in records
+        if r.sample_id is not None and versions.get(r.annotation_id) != utc_timestamp(r.updated_at)
+    }
 
 
 def _parse(run: Run, record: AnnotationRecord) -> AnnotationFeedback | InvalidAnnotation:
     where = f"task {record.task_id}, annotation {record.annotation_id}"
     n_train = len(run.datasets[0])
     if not 0 <= record.sample_id < n_train:
-        return InvalidAnnotation(record.task_id, record.annotation_id,
-                                 f"{where}: sample id {record.sample_id} is outside the training set (0..{n_train - 1})")
+        return InvalidAnnotation(
+            record.task_id,
+            record.annotation_id,
+            f"{where}: sample id {record.sample_id} is outside the training set (0..{n_train - 1})",
+        )
     try:
-        return parse_annotation(record.result, run.grid, run.classes, task_id=record.task_id,
-                                annotation_id=record.annotation_id)
+        return parse_annotation(
+            record.result, run.grid, run.classes, task_id=record.task_id, annotation_id=record.annotation_id
+        )
     except ValueError as exc:
         return InvalidAnnotation(record.task_id, record.annotation_id, str(exc))
     except (TypeError, ArithmeticError) as exc:  # a shape the validation missed: still only this annotation's loss

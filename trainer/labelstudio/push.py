@@ -63,8 +63,17 @@ def label_config_for(run: Run) -> str:
     return build_config(run.classes, run.grid, display_px=display_px(run.grid))
 
 
-def push(run: Run, client, project_id: int, *, round: int | None = None, n: int | None = None,
-         document_root: str | os.PathLike | None = None, data_uri: bool = False, progress: bool = False) -> list[int]:
+def push(
+    run: Run,
+    client,
+    project_id: int,
+    *,
+    round: int | None = None,
+    n: int | None = None,
+    document_root: str | os.PathLike | None = None,
+    data_uri: bool = False,
+    progress: bool = False,
+) -> list[int]:
     """Push ``n`` images for ``round`` (default: the newest checkpoint's) to a project; the round's task ids.
 
     The round's checkpoint picks the images (``run.choose_samples``), never one pushed to this project
@@ -89,8 +98,17 @@ def push(run: Run, client, project_id: int, *, round: int | None = None, n: int 
             others = {t.sample_id for t in ledger.pushed_tasks(project_id) if t.round != round}
             todo = [s for s in run.choose_samples(model, round, n, exclude=others) if s not in done]
             if todo:
-                tasks = build_tasks(run, model, round, todo, project_id=project_id, client=client,
-                                    document_root=document_root, data_uri=data_uri, progress=progress)
+                tasks = build_tasks(
+                    run,
+                    model,
+                    round,
+                    todo,
+                    project_id=project_id,
+                    client=client,
+                    document_root=document_root,
+                    data_uri=data_uri,
+                    progress=progress,
+                )
                 with progress_bar(enabled=progress, total=len(tasks), desc="push", unit="task") as bar:
                     import_tasks(client, project_id, tasks, progress=bar.update, on_batch=record)
     ledger.record_round(round, run.model_version(round))
@@ -126,8 +144,18 @@ def reconcile(run, client, project_id: int) -> int:
         return sum(run.ledger.record_pushed(project_id, r, p) for r, p in sorted(pairs.items()))
 
 
-def build_tasks(run, model, round: int, sample_ids: list[int], *, project_id: int, client=None,
-                document_root=None, data_uri: bool = False, progress: bool = False) -> list[dict]:
+def build_tasks(
+    run,
+    model,
+    round: int,
+    sample_ids: list[int],
+    *,
+    project_id: int,
+    client=None,
+    document_root=None,
+    data_uri: bool = False,
+    progress: bool = False,
+) -> list[dict]:
     """Label Studio tasks (data + one prediction) for ``sample_ids``, their pictures written or inlined."""
     train, _ = run.datasets
     grid, classes, px = run.grid, run.classes, display_px(run.grid)
@@ -145,10 +173,13 @@ def build_tasks(run, model, round: int, sample_ids: list[int], *, project_id: in
     version = run.model_version(round)
     tasks = []
     for i, sample_id in enumerate(sample_ids):
-        pictures = {IMAGE_KEY: image_to_pil(images[i], px),
-                    SALIENCY_KEY: overlay_image(images[i], saliency[i], display_px=px)}
-        urls = {key: _publish(pic, folder, f"sample-{sample_id}-{key}.png", document_root)
-                for key, pic in pictures.items()}
+        pictures = {
+            IMAGE_KEY: image_to_pil(images[i], px),
+            SALIENCY_KEY: overlay_image(images[i], saliency[i], display_px=px),
+        }
+        urls = {
+            key: _publish(pic, folder, f"sample-{sample_id}-{key}.png", document_root) for key, pic in pictures.items()
+        }
         urls[SALIENCY_KEY] = overlay_value(urls[SALIENCY_KEY])
         prob = float(probs[i, preds[i]])
         data = {

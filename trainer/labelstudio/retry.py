@@ -10,9 +10,9 @@ when trying again cannot do the work twice:
   POST such as a task import may have been carried out. A push that fails that way is made whole by the next
   push, which reconciles the project's tasks with the ledger.
 
-Every other answer, 4xx included, goes back to the SDK at once, without its ``Set-Cookie`` header. When the tries run out, or a failure may not
-be retried, ``LabelStudioUnavailable`` names the server, the request and, if the caller said so with
-``activity``, what was being done.
+Every other answer, 4xx included, goes back to the SDK at once, without its ``Set-Cookie`` header. When the tries
+run out, or a failure may not be retried, ``LabelStudioUnavailable`` names the server, the request and, if the
+caller said so with ``activity``, what was being done.
 """
 
 from __future__ import annotations
