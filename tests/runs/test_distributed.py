@@ -57,10 +57,15 @@ def tiny_feedback(annotated: list[int]) -> Feedback:
 # automatic lambda is about 900 on this data, so its case steps more gently.
 CASES = {
     "replay, warm-up": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=1.0, replay=2, warmup_steps=5), [1, 6, 11]),
-    "in-batch only": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=3.0, replay=0, warmup_steps=6), [0, 3, 5, 9, 12, 14]),
+    "in-batch only": (
+        TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=3.0, replay=0, warmup_steps=6),
+        [0, 3, 5, 9, 12, 14],
+    ),
     "automatic lambda": (TrainConfig(epochs=2, batch_size=4, lr=0.002, lam=-1.0, replay=2, warmup_steps=3), [1, 6, 11]),
-    "replay weight": (TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=1.0, replay=2, warmup_steps=5, replay_weight=3.0),
-                      [1, 6, 11]),
+    "replay weight": (
+        TrainConfig(epochs=2, batch_size=4, lr=0.1, lam=1.0, replay=2, warmup_steps=5, replay_weight=3.0),
+        [1, 6, 11],
+    ),
 }
 
 
@@ -130,8 +135,9 @@ class _JoinedReplay:
 
     def rows(self, ids, k, donors=None):
         donor_parts = donors.split(self.joined.sizes) if donors is not None else [None] * len(self.pools)
-        parts = [pool.rows(part, k, donors=d)
-                 for pool, part, d in zip(self.pools, ids.split(self.joined.sizes), donor_parts)]
+        parts = [
+            pool.rows(part, k, donors=d) for pool, part, d in zip(self.pools, ids.split(self.joined.sizes), donor_parts)
+        ]
         drawn = [(x[:n], y[:n], w[:n]) for x, y, w, n in parts if len(x)]
         own = [(x[n:], y[n:], w[n:]) for x, y, w, n in parts if len(x)]
         rows = drawn + own

@@ -46,8 +46,12 @@ def ledger(tmp_path):
 
 def add(ledger, annotation_id, sample_id, cells=None, *, minutes=0, **kw):
     return ledger.upsert_annotation(
-        annotation_id, task_id=100 + sample_id, sample_id=sample_id,
-        updated_at=T0 + timedelta(minutes=minutes), cells=cells, **kw,
+        annotation_id,
+        task_id=100 + sample_id,
+        sample_id=sample_id,
+        updated_at=T0 + timedelta(minutes=minutes),
+        cells=cells,
+        **kw,
     )
 
 
@@ -83,11 +87,14 @@ def test_other_schema_version_is_refused(tmp_path):
         Ledger(tmp_path / "l.sqlite")
 
 
-@pytest.mark.parametrize("value, expected", [
-    (T0, "2024-05-01T12:00:00.000000Z"),
-    ("2024-05-01T14:00:00+02:00", "2024-05-01T12:00:00.000000Z"),
-    ("2024-05-01T12:00:00.5Z", "2024-05-01T12:00:00.500000Z"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (T0, "2024-05-01T12:00:00.000000Z"),
+        ("2024-05-01T14:00:00+02:00", "2024-05-01T12:00:00.000000Z"),
+        ("2024-05-01T12:00:00.5Z", "2024-05-01T12:00:00.500000Z"),
+    ],
+)
 def test_timestamps_normalise_to_utc(value, expected):
     assert utc_timestamp(value) == expected
 
@@ -114,7 +121,11 @@ def test_record_pushed_twice_records_once(ledger):
     assert ledger.record_pushed(7, 0, pairs) == 0
     assert ledger.record_pushed(7, 1, [(21, 1)]) == 1  # the same sample may be pushed again next round
     assert [(t.task_id, t.sample_id, t.round) for t in ledger.pushed_tasks(7)] == [
-        (11, 1, 0), (12, 2, 0), (13, 3, 0), (21, 1, 1)]
+        (11, 1, 0),
+        (12, 2, 0),
+        (13, 3, 0),
+        (21, 1, 1),
+    ]
     assert ledger.pushed_sample_ids(7, round=0) == {1, 2, 3}
     assert ledger.pushed_tasks(8) == []
 
@@ -134,7 +145,9 @@ def test_annotations_read_back_what_counts(ledger):
     ledger.mark_deleted([4])
     rows = ledger.annotations(7)
     assert [(a.annotation_id, a.task_id, a.annotator, a.has_cells, a.was_cancelled) for a in rows] == [
-        (1, 100, 3, True, False), (2, 101, 3, False, True)]
+        (1, 100, 3, True, False),
+        (2, 101, 3, False, True),
+    ]
     (other,) = [a for a in ledger.annotations() if a.project_id == 8]
     assert (other.label_fix, other.skip, other.updated_at) == (4, True, utc_timestamp(T0))
 
@@ -163,10 +176,13 @@ def test_replaying_a_pull_gives_the_same_feedback(ledger):
 VOTES = [cells_at((0, 0), (1, 1), (2, 2)), cells_at((0, 0), (1, 1)), cells_at((0, 0))]
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("union", cells_at((0, 0), (1, 1), (2, 2))),
-    ("majority", cells_at((0, 0), (1, 1))),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("union", cells_at((0, 0), (1, 1), (2, 2))),
+        ("majority", cells_at((0, 0), (1, 1))),
+    ],
+)
 def test_union_and_majority(ledger, mode, expected):
     for i, cells in enumerate(VOTES):
         add(ledger, i + 1, sample_id=0, cells=cells, annotator=i, minutes=i)
@@ -271,8 +287,10 @@ COUNTS = dict(new=2, updated=0, unchanged=1, skipped=0, deleted=0, ignored=0, in
 
 def test_last_pull_is_the_newest_pulls_bounded_json_record(ledger):
     assert ledger.last_pull() is None
-    invalid = [{"task_id": 10 + i, "annotation_id": 20 + i, "reason": f"task {10 + i}, annotation {20 + i}: " + "x" * 999}
-               for i in range(LISTED + 5)]  # fmt: skip
+    invalid = [
+        {"task_id": 10 + i, "annotation_id": 20 + i, "reason": f"task {10 + i}, annotation {20 + i}: " + "x" * 999}
+        for i in range(LISTED + 5)
+    ]
     ledger.record_pull(5, started_at=T0, counts=COUNTS, invalid=invalid, warnings=["w1", "w2"])
     ledger.record_pull(6, started_at=T0 + timedelta(minutes=1), counts={**COUNTS, "new": 7}, invalid=[],
                        warnings=[])  # fmt: skip

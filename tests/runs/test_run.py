@@ -91,7 +91,8 @@ def test_the_sampler_ranks_the_scores_the_rounds_last_epoch_saved(round0_run, tm
     save_checkpoint(checkpoint_path(old.checkpoint_dir, 0), model, old.meta(0))
     eval_probs = predict_probs(model, train)
     assert old.choose_samples(model, 0, 5, exclude=set()) == [
-        int(i) for i in select(eval_probs, train.labels, 5, strategy=strategy, seed=run.config.seed * 1000)]
+        int(i) for i in select(eval_probs, train.labels, 5, strategy=strategy, seed=run.config.seed * 1000)
+    ]
 
 
 @pytest.mark.slow
@@ -113,8 +114,10 @@ def test_one_trainer_at_a_time_per_run(tmp_path):
 
 def test_a_second_process_is_refused_while_a_round_trains(tmp_path):
     run = Run.create(tmp_path / "run", RunConfig())
-    code = ("import sys; from trainer.runs.run import Run, RunBusy\n"
-            "try:\n    Run.open(sys.argv[1]).train_next_round()\nexcept RunBusy as e:\n    print(e); sys.exit(3)")
+    code = (
+        "import sys; from trainer.runs.run import Run, RunBusy\n"
+        "try:\n    Run.open(sys.argv[1]).train_next_round()\nexcept RunBusy as e:\n    print(e); sys.exit(3)"
+    )
     with run.exclusive():
         done = subprocess.run([sys.executable, "-c", code, str(run.directory)], capture_output=True, text=True,
                               timeout=120, cwd=Path(__file__).resolve().parents[2])  # fmt: skip

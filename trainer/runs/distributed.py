@@ -64,7 +64,7 @@ class DistEnv:
             raise ValueError(f"LOCAL_RANK must be >= 0, got {self.local_rank}")
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistEnv | None":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> DistEnv | None:
         """From torchrun's RANK, WORLD_SIZE, LOCAL_RANK; None when not started by torchrun."""
         env = os.environ if environ is None else environ
         if "RANK" not in env or "WORLD_SIZE" not in env:

@@ -4,31 +4,30 @@ Shape legend: G_h x G_w grid cells.
 
 Tables: ``meta`` (schema version), ``rounds``, ``pushed_tasks`` (Label Studio task <-> sample id per
 round), ``annotations`` (consumed Label Studio annotations, cells bit-packed), ``round_feedback`` (the
-per-sample feedback a round trained with) and ``pulls`` (each pull's counts, invalid annotations and warnings). Every write is one transaction, and ``transaction()`` groups
-several writes into one, so a crash between pulling and training leaves either all of a pull or none of
-it. Replaying the same pull changes nothing: an annotation is only replaced by a newer ``updated_at``.
+per-sample feedback a round trained with) and ``pulls`` (each pull's counts, invalid annotations and
+warnings). Every write is one transaction, and ``transaction()`` groups several writes into one, so a crash
+between pulling and training leaves either all of a pull or none of it. Replaying the same pull changes nothing:
+an annotation is only replaced by a newer ``updated_at``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import threading
-import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
 from label_config.grid import Grid
 from label_config.rasterise import combine_cells
 from trainer.core.feedback import Feedback
+from trainer.runs.locks import pid_lock
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 300.0  # a pull of 10,000 annotations holds the write lock for seconds; SQLite's default is 5
@@ -137,8 +136,9 @@ class Ledger:
         self.path = path / "ledger.sqlite" if path.is_dir() or not path.suffix else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: we issue BEGIN/COMMIT ourselves so a transaction spans exactly what we say.
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=BUSY_TIMEOUT_S)  # another process's large pull: wait, do not fail
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )  # another process's large pull: wait, do not fail
         self._lock = threading.RLock()
         self._depth = 0
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -168,7 +168,7 @@ class Ledger:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,29 +193,31 @@ class Ledger:
                 self._conn.execute("COMMIT")
 
     # -- rounds ----------------------------------------------------------------------------------
-    def record_round(self, round: int, model_version: str, *, started_at=None, finished_at=None,
-                     metrics: dict | None = None) -> None:
+    def record_round(
+        self, round: int, model_version: str, *, started_at=None, finished_at=None, metrics: dict | None = None
+    ) -> None:
         """Insert or update a round; fields left as None keep their stored value."""
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO rounds (round, model_version) VALUES (?, ?)",
-                       (round, model_version))
+            db.execute("INSERT OR IGNORE INTO rounds (round, model_version) VALUES (?, ?)", (round, model_version))
             db.execute(
                 "UPDATE rounds SET model_version=?, started_at=COALESCE(?, started_at),"
                 " finished_at=COALESCE(?, finished_at), metrics=COALESCE(?, metrics) WHERE round=?",
-                (model_version, started_at and utc_timestamp(started_at),
-                 finished_at and utc_timestamp(finished_at),
-                 None if metrics is None else json.dumps(metrics, sort_keys=True), round),
+                (
+                    model_version,
+                    started_at and utc_timestamp(started_at),
+                    finished_at and utc_timestamp(finished_at),
+                    None if metrics is None else json.dumps(metrics, sort_keys=True),
+                    round,
+                ),
             )
 
     def rounds(self) -> list[dict]:
-        rows = self._query(
-            "SELECT round, model_version, started_at, finished_at, metrics FROM rounds ORDER BY round")
+        rows = self._query("SELECT round, model_version, started_at, finished_at, metrics FROM rounds ORDER BY round")
         keys = ("round", "model_version", "started_at", "finished_at", "metrics")
         return [dict(zip(keys, r[:4] + (json.loads(r[4]),))) for r in rows]
 
     # -- pushed tasks ------------------------------------------------------------------------------
-    def record_pushed(self, project_id: int, round: int, pairs: Iterable[tuple[int, int]], *,
-                      pushed_at=None) -> int:
+    def record_pushed(self, project_id: int, round: int, pairs: Iterable[tuple[int, int]], *, pushed_at=None) -> int:
         """Record ``(task_id, sample_id)`` pairs pushed in ``round``; returns how many were new."""
         stamp = utc_timestamp(pushed_at)
         with self.transaction() as db:
@@ -245,14 +247,25 @@ class Ledger:
             " COALESCE(MAX(a.label_fix IS NOT NULL), 0)"
             " FROM pushed_tasks p LEFT JOIN annotations a ON a.task_id = p.task_id AND a.deleted = 0"
             " AND (a.project_id IS NULL OR a.project_id = p.project_id)"
-            " GROUP BY p.project_id, p.task_id ORDER BY p.round, p.sample_id")
+            " GROUP BY p.project_id, p.task_id ORDER BY p.round, p.sample_id"
+        )
         return [Question(r, s, int(n), int(k), bool(m), bool(f)) for r, s, n, k, m, f in rows]
 
     # -- annotations --------------------------------------------------------------------------------
-    def upsert_annotation(self, annotation_id: int, *, task_id: int, sample_id: int, updated_at,
-                          cells: np.ndarray | None = None, label_fix: int | None = None,
-                          skip: bool = False, was_cancelled: bool = False, annotator: int | None = None,
-                          project_id: int | None = None) -> bool:
+    def upsert_annotation(
+        self,
+        annotation_id: int,
+        *,
+        task_id: int,
+        sample_id: int,
+        updated_at,
+        cells: np.ndarray | None = None,
+        label_fix: int | None = None,
+        skip: bool = False,
+        was_cancelled: bool = False,
+        annotator: int | None = None,
+        project_id: int | None = None,
+    ) -> bool:
         """Store a consumed annotation; an existing one is replaced only by a newer ``updated_at``.
 
         ``cells``: (G_h, G_w) bool, the cells marked irrelevant (None when the annotation gives none).
@@ -261,14 +274,28 @@ class Ledger:
         stamp = utc_timestamp(updated_at)
         rows, cols, packed = pack_cells(cells) if cells is not None else (None, None, None)
         with self.transaction() as db:
-            old = db.execute("SELECT updated_at, deleted FROM annotations WHERE annotation_id=?",
-                             (annotation_id,)).fetchone()
+            old = db.execute(
+                "SELECT updated_at, deleted FROM annotations WHERE annotation_id=?", (annotation_id,)
+            ).fetchone()
             if old is not None and old[0] >= stamp and not old[1]:
                 return False
             db.execute(
                 "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                (annotation_id, project_id, task_id, sample_id, stamp, annotator, rows, cols, packed,
-                 label_fix, int(bool(skip)), int(bool(was_cancelled)), utc_timestamp()),
+                (
+                    annotation_id,
+                    project_id,
+                    task_id,
+                    sample_id,
+                    stamp,
+                    annotator,
+                    rows,
+                    cols,
+                    packed,
+                    label_fix,
+                    int(bool(skip)),
+                    int(bool(was_cancelled)),
+                    utc_timestamp(),
+                ),
             )
             return True
 
@@ -276,8 +303,10 @@ class Ledger:
         """Mark annotations deleted in Label Studio; they stop counting. Returns how many changed."""
         with self.transaction() as db:
             before = db.total_changes
-            db.executemany("UPDATE annotations SET deleted=1 WHERE annotation_id=? AND deleted=0",
-                           [(int(a),) for a in annotation_ids])
+            db.executemany(
+                "UPDATE annotations SET deleted=1 WHERE annotation_id=? AND deleted=0",
+                [(int(a),) for a in annotation_ids],
+            )
             return db.total_changes - before
 
     def live_annotation_ids(self, project_id: int) -> set[int]:
@@ -291,9 +320,12 @@ class Ledger:
 
     def annotations(self, project_id: int | None = None) -> list[LedgerAnnotation]:
         """The live consumed annotations (of ``project_id``, or of every project), by annotation id."""
-        sql = ("SELECT annotation_id, project_id, task_id, sample_id, updated_at, annotator, cells IS NOT NULL,"
-               " label_fix, skip, was_cancelled FROM annotations WHERE deleted=0"
-               + ("" if project_id is None else " AND project_id=?") + " ORDER BY annotation_id")
+        sql = (
+            "SELECT annotation_id, project_id, task_id, sample_id, updated_at, annotator, cells IS NOT NULL,"
+            " label_fix, skip, was_cancelled FROM annotations WHERE deleted=0"
+            + ("" if project_id is None else " AND project_id=?")
+            + " ORDER BY annotation_id"
+        )
         rows = self._query(sql, () if project_id is None else (int(project_id),))
         return [LedgerAnnotation(*r[:6], bool(r[6]), r[7], bool(r[8]), bool(r[9])) for r in rows]
 
@@ -308,29 +340,17 @@ class Ledger:
         reads Label Studio's export and applies it under this lock, so an older export never lands after a
         newer one. Other writers (push, training) only wait for the short write transaction, as before."""
         path = self.path.with_name(self.path.name + ".pull-lock")
-        # Its own open file per call: flock then excludes other threads of this process too.
-        with open(path, "a+") as handle:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        raise TimeoutError(f"another pull into {self.path} (pid {handle.read().strip() or '?'}) "
-                                           f"has held {path.name} for over {wait_s:.0f} s") from None
-                    time.sleep(0.05)
-            try:
-                handle.truncate(0)
-                handle.write(str(os.getpid()))
-                handle.flush()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def record_pull(self, project_id: int, *, started_at, counts: dict[str, int], invalid: Iterable[dict],
-                    warnings: Iterable[str]) -> None:
+        def busy(holder: str) -> TimeoutError:
+            return TimeoutError(f"another pull into {self.path} (pid {holder}) has held {path.name} for over "
+                                f"{wait_s:.0f} s")  # fmt: skip
+
+        with pid_lock(path, busy, wait_s=wait_s):
+            yield
+
+    def record_pull(
+        self, project_id: int, *, started_at, counts: dict[str, int], invalid: Iterable[dict], warnings: Iterable[str]
+    ) -> None:
         """Store one pull's outcome, bounded: the counts, and the first ``LISTED`` invalid annotations
         (``task_id``, ``annotation_id``, ``reason``) and warnings, each line cut to ``LINE_CHARS``."""
         invalid, warnings = list(invalid), list(warnings)
@@ -341,8 +361,10 @@ class Ledger:
             "warnings": [str(w)[:LINE_CHARS] for w in warnings[:LISTED]],
         }  # fmt: skip
         with self.transaction() as db:
-            db.execute("INSERT INTO pulls (project_id, started_at, finished_at, report) VALUES (?, ?, ?, ?)",
-                       (int(project_id), utc_timestamp(started_at), utc_timestamp(), json.dumps(report)))
+            db.execute(
+                "INSERT INTO pulls (project_id, started_at, finished_at, report) VALUES (?, ?, ?, ?)",
+                (int(project_id), utc_timestamp(started_at), utc_timestamp(), json.dumps(report)),
+            )
             db.execute("DELETE FROM pulls WHERE pull <= (SELECT MAX(pull) FROM pulls) - ?", (PULLS_KEPT,))
 
     def last_pull(self, project_id: int | None = None) -> dict | None:
@@ -350,8 +372,11 @@ class Ledger:
         ``{"project_id", "started_at", "finished_at", "counts": {new, updated, unchanged, skipped, deleted,
         ignored, invalidated, invalid, warnings}, "invalid": [{"task_id", "annotation_id", "reason"}, ...],
         "warnings": [str, ...]}``, the two lists cut to their first ``LISTED``."""
-        sql = ("SELECT project_id, started_at, finished_at, report FROM pulls"
-               + ("" if project_id is None else " WHERE project_id=?") + " ORDER BY pull DESC LIMIT 1")
+        sql = (
+            "SELECT project_id, started_at, finished_at, report FROM pulls"
+            + ("" if project_id is None else " WHERE project_id=?")
+            + " ORDER BY pull DESC LIMIT 1"
+        )
         rows = self._query(sql, () if project_id is None else (int(project_id),))
         if not rows:
             return None
@@ -369,9 +394,12 @@ class Ledger:
         """
         if mode not in FEEDBACK_MODES:
             raise ValueError(f"mode must be one of {FEEDBACK_MODES}, got {mode!r}")
-        sql = ("SELECT sample_id, cells_rows, cells_cols, cells, label_fix, skip OR was_cancelled"
-               " FROM annotations WHERE deleted=0" + ("" if project_id is None else " AND project_id=?")
-               + " ORDER BY sample_id, updated_at, annotation_id")
+        sql = (
+            "SELECT sample_id, cells_rows, cells_cols, cells, label_fix, skip OR was_cancelled"
+            " FROM annotations WHERE deleted=0"
+            + ("" if project_id is None else " AND project_id=?")
+            + " ORDER BY sample_id, updated_at, annotation_id"
+        )
         by_sample: dict[int, list[tuple]] = {}
         for row in self._query(sql, () if project_id is None else (project_id,)):
             by_sample.setdefault(row[0], []).append(row[1:])
@@ -395,8 +423,9 @@ class Ledger:
     def _cells_for(grid: Grid, sample_id: int, row: tuple) -> np.ndarray:
         rows, cols, packed = row[0], row[1], row[2]
         if (rows, cols) != grid.shape:
-            raise ValueError(f"sample {sample_id} has {rows}x{cols} cells stored, the grid is "
-                             f"{grid.shape[0]}x{grid.shape[1]}")
+            raise ValueError(
+                f"sample {sample_id} has {rows}x{cols} cells stored, the grid is {grid.shape[0]}x{grid.shape[1]}"
+            )
         return unpack_cells(rows, cols, packed)
 
     def record_feedback(self, round: int, feedback: Feedback) -> None:
@@ -413,8 +442,10 @@ class Ledger:
     def round_feedback(self, round: int) -> Feedback:
         out = Feedback()
         for sample_id, r, c, packed, label, skipped in self._query(
-                "SELECT sample_id, cells_rows, cells_cols, cells, label_fix, skipped FROM round_feedback"
-                " WHERE round=? ORDER BY sample_id", (round,)):
+            "SELECT sample_id, cells_rows, cells_cols, cells, label_fix, skipped FROM round_feedback"
+            " WHERE round=? ORDER BY sample_id",
+            (round,),
+        ):
             if packed is not None:
                 out.cells[sample_id] = unpack_cells(r, c, packed)
             if label is not None:

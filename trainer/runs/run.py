@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -56,6 +55,7 @@ from trainer.runs.checkpoint import (
     shown,
 )
 from trainer.runs.ledger import Ledger
+from trainer.runs.locks import pid_lock
 
 LOCK_FILE = "train.lock"
 TWIN_SUFFIX = "-twin"  # RUN-twin: the no-feedback twin beside RUN
@@ -91,7 +91,7 @@ class RunConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {f!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
+    def from_dict(cls, data: dict) -> RunConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
@@ -110,7 +110,7 @@ class Run:
         self.config = config
 
     @classmethod
-    def create(cls, directory: str | Path, config: RunConfig) -> "Run":
+    def create(cls, directory: str | Path, config: RunConfig) -> Run:
         """Make the directory; an existing run is reopened if its config is the same, else refused."""
         directory = Path(directory)
         path = directory / "config.json"
@@ -124,7 +124,7 @@ class Run:
         return cls(directory, config)
 
     @classmethod
-    def open(cls, directory: str | Path) -> "Run":
+    def open(cls, directory: str | Path) -> Run:
         path = Path(directory) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a run directory (no config.json); create one with `hitl init`")
@@ -197,7 +197,9 @@ class Run:
     def model_version(self, round_: int) -> str:
         return f"{self.name}-r{round_:03d}"
 
-    def load_model(self, device: str | torch.device | None = None) -> tuple[nn.Module, torch.optim.Optimizer, dict | None]:
+    def load_model(
+        self, device: str | torch.device | None = None
+    ) -> tuple[nn.Module, torch.optim.Optimizer, dict | None]:
         """(model, optimizer, meta) of the newest checkpoint, or a fresh model and meta None; on ``device``
         (default: the config's training device)."""
         c = self.config
@@ -244,22 +246,13 @@ class Run:
         """Hold the run's training lock (``RUN/train.lock``) for a whole round: one trainer at a time, so the
         backend's "Start Training" and ``hitl train``/``hitl run`` never both take round N + 1. A second
         trainer gets RunBusy at once, naming the process that holds it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / LOCK_FILE, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "?"
-                raise RunBusy(f"run {self.directory} is training a round in another process or thread (pid "
-                              f"{holder}): wait for it to finish, or stop it") from None  # fmt: skip
-            try:
-                handle.truncate(0)
-                handle.write(str(os.getpid()))
-                handle.flush()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+        def busy(holder: str) -> RunBusy:
+            return RunBusy(f"run {self.directory} is training a round in another process or thread (pid {holder}): "
+                           "wait for it to finish, or stop it")  # fmt: skip
+
+        with pid_lock(self.directory / LOCK_FILE, busy):
+            yield
 
     def training_pid(self) -> int | None:
         """The id of the process training a round of this run now (holding ``RUN/train.lock``), else None;
@@ -313,8 +306,9 @@ class Run:
             "min_loss": min((e.val_loss for e in result.epochs if e.val_loss is not None), default=None),
             "irrelevant_share": test_irrelevant_share(model, test, method=self.config.saliency, limit=200),
             # rows true, columns predicted: what `hitl compare` reads balanced accuracy and macro-F1 from
-            "confusion": confusion_matrix(model, test, len(self.classes),
-                                          device=next(model.parameters()).device).tolist(),
+            "confusion": confusion_matrix(
+                model, test, len(self.classes), device=next(model.parameters()).device
+            ).tolist(),
             **extra,
             **result.to_dict(),
         }
@@ -358,7 +352,7 @@ class Run:
             records.append(self.train_next_round(feedback, progress=progress))
         return records
 
-    def twin(self) -> "Run":
+    def twin(self) -> Run:
         """The no-feedback twin, ``RUN-twin`` beside this run (created on first use): the same config, so the
         same data, schedule and seeds; train it with ``twin.train_to(r, Feedback())``."""
         if self.config.twin_of is not None:
@@ -394,4 +388,3 @@ def with_overrides(config: RunConfig, **overrides) -> RunConfig:
         else:
             top[key] = value
     return replace(config, train=replace(config.train, **train), sampling=replace(config.sampling, **sampling), **top)
-
