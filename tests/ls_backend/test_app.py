@@ -370,8 +370,12 @@ def test_bad_http_images_are_named(run, file_server, path, payload, status, mess
         files[path] = payload
     _, client = make_client(run, label_studio_url=base, api_key="k")
     resp = client.post("/predict", json=predict_body(digit_uri(0), path))
-    assert resp.status_code == status and message in resp.json["error"] and path in resp.json["error"]
-    assert "task 2" in resp.json["error"]
+    # one bad task in a batch: the others are predicted, it gets no prediction and its reason is named
+    assert resp.status_code == 200 and resp.json["results"][1] == [] and resp.json["results"][0]["result"]
+    assert resp.json["skipped"][0]["task"] == 2 and message in resp.json["skipped"][0]["error"]
+    alone = client.post("/predict", json=predict_body(path))  # nothing readable: the task's own error
+    assert alone.status_code == status and message in alone.json["error"] and path in alone.json["error"]
+    assert "task 1" in alone.json["error"]
 
 
 def test_unreachable_host_is_502():
