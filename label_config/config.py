@@ -39,6 +39,7 @@ from label_config.names import (
     LABEL_KEY,
     LABEL_OK,
     LABEL_WRONG,
+    MODEL_LOOKS_HERE,
     PREDICTION_KEY,
     PROBABILITY_KEY,
     ROUND_KEY,
@@ -176,6 +177,7 @@ def build_config(classes: list[str], grid: Grid, *, display_px: int = 224) -> st
   </KeyPointLabels>
   <RectangleLabels name={_attr(CELL_RECT)} toName={_attr(ANNOTATED)}>
     <Label value={_attr(CELL_RECT_LABEL)} background="#D62728"/>
+    <Label value={_attr(MODEL_LOOKS_HERE)} background="#1F77B4"/>
   </RectangleLabels>
   <Choices name={_attr(LABEL_CHECK)} toName={_attr(ANNOTATED)} choice="single" showInline="true">
     <Choice value={_attr(LABEL_OK)}/>

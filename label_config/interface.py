@@ -20,12 +20,12 @@ from typing import Any
 from label_studio_sdk.label_interface import LabelInterface
 from lxml import etree
 
-from label_config.names import CELL_POINT, CELL_RECT, LABEL_CHECK, SKIP
+from label_config.names import CELL_POINT, CELL_RECT, LABEL_CHECK, MODEL_LOOKS_HERE, SKIP
 
 # Region tools over an image whose labels can mark where the model must (not) look, in the order a prediction
 # prefers them: a rectangle pre-fills one grid cell exactly; a brush needs RLE masks.
 REGION_TAGS = ("rectanglelabels", "polygonlabels", "ellipselabels", "keypointlabels", "brushlabels")
-OUR_FEEDBACK_CONTROLS = (CELL_RECT, CELL_POINT)  # every label of these is irrelevant-like
+OUR_FEEDBACK_CONTROLS = (CELL_RECT, CELL_POINT)  # every label of these but MODEL_LOOKS_HERE is irrelevant-like
 OUR_OTHER_CHOICES = (LABEL_CHECK, SKIP)  # our own Choices that never hold the classes
 # Whole words or phrases, matched case-insensitively on a label's value and alias. Irrelevant wins over relevant
 # ("Irrelevant object", "not relevant"). Kept small on purpose: a miss only means no pre-filled regions.
@@ -135,9 +135,9 @@ class RegionControl:
 
     @property
     def irrelevant(self) -> tuple[Option, ...]:
-        """Labels that mark what the model must not use (every label of our own cell tools)."""
+        """Labels that mark what the model must not use (every label of our own cell tools but the neutral one)."""
         if self.name in OUR_FEEDBACK_CONTROLS:
-            return self.options
+            return tuple(o for o in self.options if not is_neutral(o))
         return tuple(o for o in self.options if label_kind(o) == "irrelevant")
 
     @property
@@ -146,6 +146,12 @@ class RegionControl:
         if self.name in OUR_FEEDBACK_CONTROLS:
             return ()
         return tuple(o for o in self.options if label_kind(o) == "relevant")
+
+    @property
+    def neutral(self) -> Option | None:
+        """The label that only says where the model looks (``MODEL_LOOKS_HERE``), which predictions pre-fill
+        regions with; None when the tool has none."""
+        return next((o for o in self.options if is_neutral(o)), None)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,12 @@ def label_kind(option: Option) -> str | None:
         if any(f" {w} " in text or f" {w}s " in text for w in words):
             return kind
     return None
+
+
+def is_neutral(option: Option) -> bool:
+    """Whether the label is ``MODEL_LOOKS_HERE`` (value or alias, case and spacing aside): one name on purpose,
+    so a content label ("Dog") is never taken for it."""
+    return any(_words(t or "") == _words(MODEL_LOOKS_HERE) for t in (option.value, option.alias))
 
 
 def _canonical_tree(xml: str) -> etree._Element:

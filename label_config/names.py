@@ -20,6 +20,9 @@ CELL_POINT = "irrelevant_cell"  # KeyPointLabels: a click marks the cell under i
 CELL_POINT_LABEL = "Irrelevant cell"
 CELL_RECT = "irrelevant_area"  # RectangleLabels: a rectangle marks every cell it overlaps
 CELL_RECT_LABEL = "Irrelevant area"
+# The neutral label of a region tool: what /predict pre-fills the most salient cells with. It says where the model
+# looks, not what it must not use, so a suggestion accepted unread is no feedback (``label_config.suggest``).
+MODEL_LOOKS_HERE = "Model looks here"
 LABEL_CHECK = "label_check"  # Choices: is the dataset label right?
 LABEL_OK = "label is correct"
 LABEL_WRONG = "label is wrong"

@@ -2,8 +2,9 @@
 
 The region tool's labels are sentences about the model ("Model must not use this"), never about the image's
 content, so annotators cannot mistake them for a class; ``parse_project_config`` reads them as irrelevant- and
-relevant-like (``IRRELEVANT_WORDS`` "must not", ``RELEVANT_WORDS`` "should use"). The control is named for what
-its regions are (``feedback_regions``): its from_name shows in every export.
+relevant-like (``IRRELEVANT_WORDS`` "must not", ``RELEVANT_WORDS`` "should use"). The third, neutral label
+(``MODEL_LOOKS_HERE``) is what the backend pre-fills the most salient cells with: accepted unread, it says
+nothing. The control is named for what its regions are (``feedback_regions``): its from_name shows in every export.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lxml import etree
 
 from label_config.config import check_classes
 from label_config.interface import parse_project_config
+from label_config.names import MODEL_LOOKS_HERE
 
 FEEDBACK_CONTROL = "feedback_regions"
 MUST_NOT_USE = "Model must not use this"
@@ -46,6 +48,7 @@ def feedback_snippet(image: str = "image", *, tool: str = "rectangle", name: str
         f"  <{tag} name={_attr(name)} toName={_attr(image)}>\n"
         f'    <Label value={_attr(MUST_NOT_USE)} background="#D62728"/>\n'
         f'    <Label value={_attr(SHOULD_USE)} background="#2CA02C"/>\n'
+        f'    <Label value={_attr(MODEL_LOOKS_HERE)} background="#1F77B4"/>\n'
         f"  </{tag}>\n"
         "</View>"
     )

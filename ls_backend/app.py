@@ -3,7 +3,8 @@
 GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...},
                      "last_pull"}
 POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
-POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task]}
+POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task, [] if skipped],
+                     "skipped": [{"task", "error"}] when some were}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
 GET /versions        {"versions": [...]}
 GET /metrics         Prometheus text: rounds trained, queue depth, last accuracy, training running, /predict latency
@@ -105,7 +106,12 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
     def setup():
         data = _json_body()
         project_id = _project_id(data.get("project"))
-        return jsonify(model_version=model.setup(data.get("schema"), project_id))
+        try:
+            return jsonify(model_version=model.setup(data.get("schema"), project_id))
+        except BackendError as exc:
+            # Label Studio drops the body and shows only "422 ... Check the ML backend server console logs"
+            app.logger.warning("/setup for project %s refused: %s", project_id, exc)
+            raise
 
     @app.post("/predict")
     def predict():
@@ -115,7 +121,10 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
             if not isinstance(tasks, list) or not tasks:
                 raise BackendError("'tasks' must be a non-empty list of tasks", 400)
             project_id = _project_id(data.get("project"))
-            return jsonify(results=model.predict(tasks, data.get("label_config"), project_id))
+            outcome = model.predict(tasks, data.get("label_config"), project_id)
+            if outcome.skipped:  # Label Studio reads only "results"; the reasons are for people and logs
+                return jsonify(results=outcome.results, skipped=outcome.skipped)
+            return jsonify(results=outcome.results)
 
     @app.post("/webhook")
     def webhook():

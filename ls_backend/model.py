@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from label_config.config import display_px, suggestion_result
-from label_config.controls import ConfigControls, check_config
+from label_config.config import display_px
 from label_config.grid import Grid
+from label_config.interface import ProjectConfig, ProjectConfigError
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
+from label_config.suggest import prediction_result
+from ls_backend.checks import BackendError, PredictOutcome, check_task, class_order, image_key, project_config
 from ls_backend.config import BackendConfig
 from ls_backend.images import ImageError, load_task_image
 from ls_backend.overlays import (
@@ -44,14 +46,6 @@ from trainer.runs.checkpoint import CheckpointError
 from trainer.runs.run import Run
 
 _log = logging.getLogger(__name__)
-
-
-class BackendError(Exception):
-    """A request the backend cannot serve; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -155,64 +149,88 @@ class SaliencyModel:
 
     # ------------------------------------------------------------------ the three verbs
     def setup(self, label_config: str | None, project_id: int | None = None) -> str | None:
-        """Check that the project's config has a control to mark cells with, and keep it as the config of the
-        project this backend now serves; the current model_version."""
+        """Check that the project's config can be served (an Image with a Choices over it, whose classes are the
+        served model's) and keep it as the config of the project this backend now serves; the model_version."""
         if label_config is not None:
-            _controls(label_config)
+            config = project_config(label_config)
+            if (snap := self._served_or_none()) is not None:
+                class_order(config, snap.meta["classes"])
             self.projects.remember(project_id, label_config)
         return self.latest_version()
+
+    def _served_or_none(self) -> Snapshot | None:
+        try:
+            return self.snapshot()
+        except BackendError:
+            return None
 
     def serves(self, project_id) -> bool:
         """Whether ``project_id`` is a project this backend serves: connected through /setup, or the run's own."""
         return self.projects.serves(project_id)
 
-    def predict(self, tasks: list[dict], label_config: str, project_id: int | None = None) -> list[dict]:
-        """One prediction per task: top-k salient cells as regions of the config's own control. Tasks are decoded
-        and explained ``predict_batch`` at a time; overlays go only into tasks of ``project_id`` when it is served."""
+    def predict(self, tasks: list[dict], label_config: str, project_id: int | None = None) -> PredictOutcome:
+        """One prediction per task, in order: the class as a ``choices`` result, then the top-k salient cells as
+        regions of the config's feedback tool (``label_config.suggest``). A task that cannot be read gets ``[]``
+        (no prediction: Label Studio stores none and asks again next time) and a warning; a request whose every
+        task fails answers the first task's error. Tasks are explained ``predict_batch`` at a time; overlays go
+        only into tasks of ``project_id`` when it is served."""
         if len(tasks) > self.config.max_predict_tasks:
             raise BackendError(
                 f"{len(tasks)} tasks in one /predict, over this backend's cap of "
                 f"{self.config.max_predict_tasks} (MAX_PREDICT_TASKS): select fewer tasks",
                 413,
             )
-        controls = _controls(label_config)
-        key = _image_key(controls)
-        for task in tasks:  # a malformed task is refused before any work is done
-            _check_task(task, key)
+        config = project_config(label_config)
+        key = image_key(config)
         snap = self.snapshot()
+        order = class_order(config, snap.meta["classes"])
         overlay = self._overlay_target(project_id)
-        out: list[dict] = []
+        outcome = PredictOutcome()
         for start in range(0, len(tasks), self.config.predict_batch):
             chunk = tasks[start : start + self.config.predict_batch]
-            images = torch.stack([self._view(task, key, snap.meta) for task in chunk])  # (B, C, H, W)
-            with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
-                found = explain_batch(snap.model, images, snap.grid, method=self.run.config.saliency,
-                                      top_k=self.run.config.top_k, twin=snap.twin)  # fmt: skip
-            out.extend(self._results(chunk, found, controls.region, snap))
-            if overlay is not None:
-                self._attach_overlays(chunk, images, found, overlay, snap)
-        self.predicted_tasks += len(out)
-        return out
+            read: list[tuple[int, torch.Tensor]] = []
+            for i, task in enumerate(chunk):
+                try:
+                    read.append((i, self._view(task, key, snap.meta)))
+                except BackendError as exc:
+                    outcome.skip(task, exc, project_id)
+            answers: dict[int, list | dict] = {i: [] for i in range(len(chunk))}
+            if read:
+                images = torch.stack([view for _, view in read])  # (B, C, H, W)
+                with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
+                    found = explain_batch(snap.model, images, snap.grid, method=self.run.config.saliency,
+                                          top_k=self.run.config.top_k, twin=snap.twin)  # fmt: skip
+                good = []
+                for j, (i, _) in enumerate(read):
+                    try:
+                        answers[i] = self._prediction(chunk[i], found, j, config, order, snap)
+                        good.append(j)
+                    except BackendError as exc:
+                        outcome.skip(chunk[i], exc, project_id)
+                if overlay is not None:
+                    self._attach_overlays([chunk[read[j][0]] for j in good], images, found, good, overlay, snap)
+            outcome.results.extend(answers[i] for i in range(len(chunk)))
+        if len(outcome.skipped) == len(tasks):
+            raise outcome.errors[0]
+        self.predicted_tasks += len(tasks) - len(outcome.skipped)
+        return outcome
 
-    def _results(self, tasks: list[dict], found, region, snap: Snapshot) -> list[dict]:
+    def _prediction(self, task: dict, found, j: int, config: ProjectConfig, order: list[int],
+                    snap: Snapshot) -> dict:  # fmt: skip
+        """The prediction of row ``j`` of ``found`` (the explained batch): Label Studio's keys, plus ours."""
+        k = int(found.predicted[j])
+        p = float(found.probs[j, k])
+        if not math.isfinite(p):
+            raise BackendError(f"task {task.get('id', '?')}: the model's output is not finite (an image with NaN "
+                               "or infinite pixels?)", 422)  # fmt: skip
+        cells = [tuple(rc) for rc in found.top[j]]
+        peak = float(found.scores[j].max()) or 1.0
+        scores = [float(found.scores[j][r, c]) / peak for r, c in cells]
+        result = prediction_result(config, order[k], p, cells, snap.grid, scores=scores,
+                                   display_px=display_px(snap.grid))  # fmt: skip
         classes = snap.meta["classes"]
-        out = []
-        for i, cells in enumerate(found.top):
-            k, p = int(found.predicted[i]), float(found.probs[i, found.predicted[i]])
-            if not math.isfinite(p):
-                raise BackendError(f"task {tasks[i].get('id', '?')}: the model's output is not finite (an image "
-                                   "with NaN or infinite pixels?)", 422)  # fmt: skip
-            peak = float(found.scores[i].max()) or 1.0
-            result = suggestion_result(
-                cells, snap.grid, score=[float(found.scores[i][r, c]) / peak for r, c in cells], control=region
-            )
-            for rank, item in enumerate(result, 1):
-                item["meta"] = {"text": [f"salient cell {rank} for class {classes[k]} (p = {p:.2f})"]}
-            out.append({
-                "result": result, "score": p, "model_version": snap.model_version,
-                PREDICTION_KEY: classes[k], PROBABILITY_KEY: p,
-            })  # fmt: skip
-        return out
+        return {"result": result, "score": p, "model_version": snap.model_version,
+                PREDICTION_KEY: classes[k], PROBABILITY_KEY: p}  # fmt: skip
 
     def _overlay_target(self, project_id) -> tuple[int, str | None] | None:
         """(project, overlay key) to write overlays under, or None: no Label Studio, a project this backend does
@@ -220,30 +238,35 @@ class SaliencyModel:
         None there means the writer reads the project's config from Label Studio (a linked project never set up)."""
         if self.auth is None or not self.serves(project_id):
             return None
-        controls = self.projects.controls(project_id)
-        if controls is None:
+        try:
+            config = self.projects.config(project_id)
+        except ProjectConfigError as exc:  # stored by an older backend that accepted more
+            _log.warning("project %s: no overlays, its stored config cannot be served (%s)", project_id, exc)
+            return None
+        if config is None:
             return project_id, None
-        key = overlay_key(controls)
+        key = overlay_key(config)
         return None if key is None else (project_id, key)
 
-    def _attach_overlays(self, tasks: list[dict], images: torch.Tensor, found, target: tuple[int, str | None],
-                         snap: Snapshot) -> None:  # fmt: skip
-        """Queue the overlay just computed for each task that came without one (``ls_backend.overlays``)."""
+    def _attach_overlays(self, tasks: list[dict], images: torch.Tensor, found, rows: list[int],
+                         target: tuple[int, str | None], snap: Snapshot) -> None:  # fmt: skip
+        """Queue the overlay just computed (row ``rows[i]`` of the batch) for each task that came without one."""
         project_id, key = target
         px = display_px(snap.grid)
-        for i, task in enumerate(tasks):
+        for task, j in zip(tasks, rows):
             task_id = label_studio_id(task.get("id"))
             if task_id is None or (key is not None and not lacks_overlay(task, key)):
                 continue
-            k = int(found.predicted[i])
+            k = int(found.predicted[j])
             self.overlays.submit(PendingOverlay(
-                task_id, project_id, key, overlay_png(overlay_image(images[i], found.saliency[i], display_px=px)),
+                task_id, project_id, key, overlay_png(overlay_image(images[j], found.saliency[j], display_px=px)),
                 model_version=snap.model_version, prediction=snap.meta["classes"][k],
-                probability=float(found.probs[i, k]),
+                probability=float(found.probs[j, k]),
             ))  # fmt: skip
 
     def _view(self, task: dict, key: str, meta: dict) -> torch.Tensor:
         """(C, H, W) in [0, 1]: the task's image through the same view training used."""
+        check_task(task, key)
         tid = task.get("id", "?")
         try:
             image = load_task_image(
@@ -275,35 +298,3 @@ def _stamp(path) -> tuple:
     except OSError:
         return (os.fspath(path), None)
     return (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _image_key(controls: ConfigControls) -> str:
-    """The data key of the image the config's region control marks."""
-    region = controls.region
-    try:
-        key = controls.data_key(region.to_name)
-    except ValueError as exc:
-        raise BackendError(f"label config unusable: {exc}", 422) from exc
-    if region.to_name in controls.list_objects:
-        raise BackendError(f"label config unusable: the image {region.to_name!r} reads a list of images "
-                           "(valueList); the backend explains one image per task (value='$<key>')", 422)  # fmt: skip
-    return key
-
-
-def _check_task(task, key: str) -> None:
-    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-        raise BackendError(f"each task needs a 'data' object, got {str(task)[:80]!r}", 400)
-    if key not in task["data"]:
-        raise BackendError(
-            f"task {task.get('id', '?')} has no data key {key!r} (the config's image reads ${key}); "
-            f"keys: {sorted(task['data'])}", 400,
-        )  # fmt: skip
-
-
-def _controls(label_config) -> ConfigControls:
-    if not isinstance(label_config, str) or not label_config.strip():
-        raise BackendError("the request has no label config (expected a non-empty XML string)", 400)
-    try:
-        return check_config(label_config)
-    except ValueError as exc:
-        raise BackendError(f"label config unusable: {exc}", 422) from exc

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from label_config.config import overlay_value
-from label_config.controls import ConfigControls, check_config
+from label_config.interface import ProjectConfig, ProjectConfigError, parse_project_config
 from label_config.names import (
     LABEL_KEY,
     MODEL_VERSION_KEY,
@@ -43,12 +43,11 @@ log = logging.getLogger(__name__)
 NOT_GIVEN = (SAMPLE_ID_KEY, ROUND_KEY, LABEL_KEY)
 
 
-def overlay_key(controls: ConfigControls) -> str | None:
-    """The data key of the config's overlay object when it is optional (``valueList``), else None: a config
-    that requires the overlay never reaches the backend without one, and one without it shows none."""
-    if SALIENCY not in controls.list_objects:
-        return None
-    return dict(controls.data_keys).get(SALIENCY)
+def overlay_key(config: ProjectConfig) -> str | None:
+    """The data key of the config's overlay Image (named ``saliency``) when it is optional (``valueList``), else
+    None: a config that requires the overlay never reaches the backend without one, and one without it shows none."""
+    found = [i for i in config.images if i.name == SALIENCY and i.value_list]
+    return found[0].data_key if found else None
 
 
 def lacks_overlay(task: dict, key: str) -> bool:
@@ -176,6 +175,10 @@ class OverlayWriter:
     def _stored_key(self, project_id: int) -> str | None:
         """The overlay key of the project's config as Label Studio stores it (read once per project)."""
         if project_id not in self._keys:
-            config = self._client.projects.get(id=project_id).label_config
-            self._keys[project_id] = overlay_key(check_config(config))
+            xml = self._client.projects.get(id=project_id).label_config
+            try:
+                self._keys[project_id] = overlay_key(parse_project_config(xml))
+            except ProjectConfigError as exc:
+                log.warning("project %s: its config shows no overlay (%s)", project_id, exc)
+                self._keys[project_id] = None
         return self._keys[project_id]

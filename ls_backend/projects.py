@@ -14,7 +14,7 @@ import logging
 import threading
 from pathlib import Path
 
-from label_config.controls import ConfigControls, check_config
+from label_config.interface import ProjectConfig, parse_project_config
 from trainer.labelstudio.link import read_link
 from trainer.runs.atomic import write_json
 from trainer.runs.run import Run
@@ -39,7 +39,7 @@ class ServedProjects:
         self.path = run.directory / PROJECTS_FILE
         self._lock = threading.Lock()
         self._configs: dict[int, str] = _load(self.path)
-        self._parsed: dict[int, ConfigControls] = {}
+        self._parsed: dict[int, ProjectConfig] = {}
 
     def remember(self, project_id: int | None, label_config: str) -> None:
         """Keep ``label_config`` (already checked by the caller) as project ``project_id``'s config."""
@@ -63,14 +63,14 @@ class ServedProjects:
         link = read_link(self.run)
         return link is not None and link.project_id == pid
 
-    def controls(self, project_id: int) -> ConfigControls | None:
+    def config(self, project_id: int) -> ProjectConfig | None:
         """The parsed config ``/setup`` stored for the project; None when it never came through ``/setup``."""
         with self._lock:
             xml = self._configs.get(project_id)
             if xml is None:
                 return None
             if project_id not in self._parsed:
-                self._parsed[project_id] = check_config(xml)
+                self._parsed[project_id] = parse_project_config(xml)
             return self._parsed[project_id]
 
 

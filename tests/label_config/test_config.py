@@ -27,6 +27,7 @@ from label_config.names import (
     IMAGE,
     IMAGE_KEY,
     LABEL_CHECK,
+    MODEL_LOOKS_HERE,
     SALIENCY,
     SALIENCY_KEY,
     SKIP,
@@ -57,7 +58,9 @@ def test_sdk_sees_our_controls_on_the_annotated_image():
 
 def test_point_and_area_tools_are_visibly_different():
     controls = check_config(build_config(["a", "b"], Grid(28, 28, 7, 7)))
-    assert controls.point.values == (CELL_POINT_LABEL,) and controls.rect.values == (CELL_RECT_LABEL,)
+    assert controls.point.values == (CELL_POINT_LABEL,)
+    # the area tool also carries the neutral label that /predict pre-fills the salient cells with
+    assert controls.rect.values == (CELL_RECT_LABEL, MODEL_LOOKS_HERE)
     assert CELL_POINT_LABEL != CELL_RECT_LABEL
 
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from label_config.config import build_config
 from label_config.grid import Grid
-from label_config.names import ANNOTATED, CELL_RECT, PREDICTION_KEY
+from label_config.names import ANNOTATED, CELL_RECT, CORRECT_LABEL, MODEL_LOOKS_HERE, PREDICTION_KEY
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
 from ls_backend.images import (
@@ -184,8 +184,8 @@ def test_setup_answers_model_version(client, run):
     [
         ("{not json", 400, "not valid JSON"),
         ("[1, 2]", 400, "JSON object"),
-        ({"project": "1.1", "schema": "<View><Image name='i' value='$i'/></View>"}, 422, "RectangleLabels"),
-        ({"project": "1.1", "schema": "<View"}, 422, "not valid XML"),
+        ({"project": "1.1", "schema": "<View><Image name='i' value='$i'/></View>"}, 422, "no Choices control"),
+        ({"project": "1.1", "schema": "<View"}, 422, "does not parse"),
         ({"project": "abc.1", "schema": CONFIG}, 400, "project"),
     ],
 )
@@ -218,10 +218,15 @@ def test_predict_batch_regions_on_our_config(client, run):
     for pred in results:
         assert pred["model_version"] == run.model_version(0)
         assert 0 < pred["score"] <= 1 and pred[PREDICTION_KEY] in CLASSES
-        regions = pred["result"]
+        assert pred["result"][0]["type"] == "choices" and pred["result"][0]["value"]["choices"] == [
+            pred[PREDICTION_KEY]
+        ]
+        assert pred["result"][0]["from_name"] == CORRECT_LABEL
+        regions = pred["result"][1:]
         assert len(regions) == TOP_K
         kinds = {(r["from_name"], r["to_name"], r["type"]) for r in regions}
         assert kinds == {(CELL_RECT, ANNOTATED, "rectanglelabels")}
+        assert all(r["value"]["rectanglelabels"] == [MODEL_LOOKS_HERE] for r in regions)  # not "Irrelevant area"
         assert regions[0]["score"] == 1.0  # the most salient cell first, scores relative to it
         assert all(r["value"]["width"] == pytest.approx(100 / GRID.cols) for r in regions)
 
@@ -250,26 +255,39 @@ def test_predict_runs_in_the_runs_precision(tmp_path):
         save_round(run, 0)
         body = make_client(run)[1].post("/predict", json=predict_body(digit_uri(5))).json
         scores[precision] = body["results"][0]["score"]
-        assert len(body["results"][0]["result"]) == TOP_K
+        assert len(body["results"][0]["result"]) == 1 + TOP_K
     assert scores["bf16"] == pytest.approx(scores["fp32"], abs=0.05) and scores["bf16"] != scores["fp32"]
 
 
-USER_RECT = """<View><Image name="photo" value="$picture"/>
-<RectangleLabels name="bad_area" toName="photo"><Label value="Spurious"/></RectangleLabels></View>"""
-USER_POINT = """<View><Image name="photo" value="$picture"/>
-<KeyPointLabels name="bad_point" toName="photo"><Label value="Spurious"/></KeyPointLabels></View>"""
+def choices(to_name: str) -> str:
+    return (
+        f'<Choices name="digit" toName="{to_name}">' + "".join(f'<Choice value="{c}"/>' for c in CLASSES) + "</Choices>"
+    )
+
+
+def user_config(tag: str, name: str) -> str:
+    return (f'<View><Image name="photo" value="$picture"/>{choices("photo")}<{tag} name="{name}" toName="photo">'
+            f'<Label value="Spurious"/><Label value="Model looks here"/></{tag}></View>')  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "config, from_name, kind, label",
-    [(USER_RECT, "bad_area", "rectanglelabels", "Spurious"), (USER_POINT, "bad_point", "keypointlabels", "Spurious")],
-)
-def test_predict_names_regions_after_the_projects_config(client, config, from_name, kind, label):
-    resp = client.post("/predict", json=predict_body(digit_uri(0), config=config, key="picture"))
+    "tag, from_name, kind",
+    [("RectangleLabels", "bad_area", "rectanglelabels"), ("KeyPointLabels", "bad_point", "keypointlabels"),
+     ("PolygonLabels", "bad_poly", "polygonlabels"), ("BrushLabels", "bad_brush", "brushlabels")],
+)  # fmt: skip
+def test_predict_names_regions_after_the_projects_config(client, tag, from_name, kind):
+    """The class first, then the salient cells in the project's own tool, labelled "Model looks here" (never the
+    irrelevant "Spurious": accepted unread, a suggestion must not tell the model to ignore what it looks at)."""
+    resp = client.post("/predict", json=predict_body(digit_uri(0), config=user_config(tag, from_name), key="picture"))
     assert resp.status_code == 200, resp.json
-    regions = resp.json["results"][0]["result"]
+    pred = resp.json["results"][0]
+    first, regions = pred["result"][0], pred["result"][1:]
+    assert (first["from_name"], first["to_name"], first["type"]) == ("digit", "photo", "choices")
+    assert first["value"]["choices"] == [pred[PREDICTION_KEY]] and first["score"] == pred["score"]
+    assert len(regions) == TOP_K
     assert {(r["from_name"], r["to_name"], r["type"]) for r in regions} == {(from_name, "photo", kind)}
-    assert all(r["value"][kind] == [label] for r in regions)
+    assert all(r["value"][kind] == ["Model looks here"] for r in regions)
+    assert all("relabel it 'Spurious'" in r["meta"]["text"][0] for r in regions)
 
 
 @pytest.mark.parametrize(
@@ -289,13 +307,10 @@ def test_predict_names_regions_after_the_projects_config(client, config, from_na
         (predict_body("/data/upload/1/a.png"), 422, "LABEL_STUDIO_URL is not set"),
         (predict_body(""), 400, "non-empty string"),
         ({"tasks": predict_body("x")["tasks"]}, 400, "no label config"),
-        (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "RectangleLabels"),
-        (predict_body(digit_uri(0), config="<View><Image"), 422, "not valid XML"),
+        (predict_body(digit_uri(0), config="<View><Image name='i' value='$image'/></View>"), 422, "no Choices"),
+        (predict_body(digit_uri(0), config="<View><Image"), 422, "does not parse"),
         (
-            predict_body(
-                [digit_uri(0)],
-                config="<View><Image name='i' valueList='$image'/><Rectangle name='r' toName='i'/></View>",
-            ),
+            predict_body([digit_uri(0)], config=f"<View><Image name='i' valueList='$image'/>{choices('i')}</View>"),
             422,
             "reads a list of images",
         ),  # fmt: skip
@@ -355,8 +370,12 @@ def test_bad_http_images_are_named(run, file_server, path, payload, status, mess
         files[path] = payload
     _, client = make_client(run, label_studio_url=base, api_key="k")
     resp = client.post("/predict", json=predict_body(digit_uri(0), path))
-    assert resp.status_code == status and message in resp.json["error"] and path in resp.json["error"]
-    assert "task 2" in resp.json["error"]
+    # one bad task in a batch: the others are predicted, it gets no prediction and its reason is named
+    assert resp.status_code == 200 and resp.json["results"][1] == [] and resp.json["results"][0]["result"]
+    assert resp.json["skipped"][0]["task"] == 2 and message in resp.json["skipped"][0]["error"]
+    alone = client.post("/predict", json=predict_body(path))  # nothing readable: the task's own error
+    assert alone.status_code == status and message in alone.json["error"] and path in alone.json["error"]
+    assert "task 1" in alone.json["error"]
 
 
 def test_unreachable_host_is_502():

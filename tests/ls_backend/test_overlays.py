@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 
 from label_config.config import build_config
-from label_config.controls import check_config
 from label_config.grid import Grid
+from label_config.interface import parse_project_config
 from label_config.names import SALIENCY_KEY
 from ls_backend.overlays import OverlayWriter, PendingOverlay, lacks_overlay, overlay_key, overlay_png
 from trainer.labelstudio.client import connect
 from trainer.labelstudio.retry import RetryPolicy
 
-RECT = "<RectangleLabels name='r' toName='image'><Label value='x'/></RectangleLabels>"
+RECT = "<Choices name='c' toName='image'><Choice value='a'/><Choice value='b'/></Choices>"
 
 
 @pytest.mark.parametrize("xml, key", [
@@ -26,7 +26,7 @@ RECT = "<RectangleLabels name='r' toName='image'><Label value='x'/></RectangleLa
     (f"<View><Image name='image' value='$image'/><Image name='saliency' valueList='$heat'/>{RECT}</View>", "heat"),
 ])  # fmt: skip
 def test_overlay_key_only_for_an_optional_overlay(xml, key):
-    assert overlay_key(check_config(xml)) == key
+    assert overlay_key(parse_project_config(xml)) == key
 
 
 @pytest.mark.parametrize("data, lacks", [

@@ -83,14 +83,18 @@ def test_chunks_answer_what_one_batch_answers(run, batch):
         assert a["prediction"] == b["prediction"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
-def test_a_bad_task_in_a_later_chunk_is_refused_before_any_work(run):
-    """The tasks' shape is checked for all of them first, so a malformed last task costs no explaining."""
+def test_a_bad_task_in_a_later_chunk_is_skipped_and_the_others_predicted(run, caplog):
+    """A task without the image's data key in the last chunk: the chunks before it are predicted, it gets no
+    prediction (``[]``) and a warning that names it."""
     client = make_client(run, predict_batch=1)[1]
     body = predict_body(*[digit_uri(k) for k in range(3)])
     body["tasks"][2]["data"] = {"other": "x"}
-    resp = client.post("/predict", json=body)
-    assert resp.status_code == 400 and "task 3 has no data key 'image'" in resp.json["error"]
-    assert client.application.extensions["hitl"]["model"].predicted_tasks == 0
+    with caplog.at_level("WARNING"):
+        resp = client.post("/predict", json=body)
+    assert resp.status_code == 200 and [bool(r) for r in resp.json["results"]] == [True, True, False]
+    assert "task 3 has no data key 'image'" in resp.json["skipped"][0]["error"]
+    assert any("task 3 skipped" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert client.application.extensions["hitl"]["model"].predicted_tasks == 2
 
 
 def test_limits_from_env(tmp_path):

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 
 from label_config.config import build_config
 from label_config.grid import Grid
-from label_config.names import ANNOTATED, CELL_RECT, CELL_RECT_LABEL
+from label_config.names import ANNOTATED, CELL_RECT, CELL_RECT_LABEL, MODEL_LOOKS_HERE
 from ls_backend.app import create_app
 from ls_backend.config import BackendConfig
 from ls_backend.images import load_task_image, to_data_uri
@@ -118,10 +118,12 @@ def test_label_studio_requests_and_stores_predictions(ls_client, backend, projec
     for pred in predictions:
         assert pred.model_version == run.model_version(0)
         assert 0 < pred.score <= 1
-        regions = pred.result
+        choice, regions = pred.result[0], pred.result[1:]
+        assert choice["type"] == "choices" and choice["value"]["choices"][0] in CLASSES
         assert len(regions) == run.config.top_k
+        # pre-filled with the neutral label: accepted unread, they are no "Irrelevant area" marks
         assert {(r["from_name"], r["to_name"], r["value"]["rectanglelabels"][0]) for r in regions} == {
-            (CELL_RECT, ANNOTATED, CELL_RECT_LABEL)
+            (CELL_RECT, ANNOTATED, MODEL_LOOKS_HERE)
         }
 
 
@@ -137,7 +139,7 @@ def test_predictions_for_a_local_files_image_with_either_kind_of_key(ls_client, 
         ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                                  selected_items={"all": True, "excluded": []})  # fmt: skip
         (prediction,) = ls_client.predictions.list(project=project.id)
-        assert prediction.model_version == run.model_version(0) and len(prediction.result) == run.config.top_k
+        assert prediction.model_version == run.model_version(0) and len(prediction.result) == 1 + run.config.top_k
         assert app.extensions["hitl"]["model"].predicted_tasks == 1
 
 

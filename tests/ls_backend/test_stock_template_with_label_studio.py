@@ -1,0 +1,76 @@
+"""A team's own project in the real Label Studio: the stock image-classification template, three images uploaded
+as files and three as Local Files, the backend connected through Label Studio's API, and Label Studio's own
+"Retrieve Predictions" storing a class prediction (a ``choices`` result and a score) for every task."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from ls_backend.app import create_app
+from ls_backend.config import BackendConfig
+from tests.ls_backend.stock import STOCK, STOCK_CLASSES, picture, stock_run
+from trainer.labelstudio.client import ensure_local_storage, local_file_url
+
+pytestmark = pytest.mark.labelstudio
+
+
+def upload(label_studio, project_id: int, names: list[str]) -> None:
+    """Import images as a browser's upload does: one multipart request, one field name per file."""
+    files = {}
+    for n, name in enumerate(names):
+        data = io.BytesIO()
+        picture(500 + n, size=40).save(data, "PNG")
+        files[f"file{n}"] = (name, data.getvalue(), "image/png")
+    resp = requests.post(f"{label_studio.url}/api/projects/{project_id}/import", files=files,
+                         headers={"Authorization": f"Token {label_studio.token}"}, timeout=60)  # fmt: skip
+    assert resp.status_code == 201, resp.text
+
+
+def local_files(label_studio, ls_client, project_id: int, names: list[str]) -> list[dict]:
+    folder = label_studio.document_root / f"stock-{project_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, name in enumerate(names):
+        picture(600 + n, size=32).save(folder / name)
+    ensure_local_storage(ls_client, project_id, folder, label_studio.document_root)
+    return [{"data": {"image": local_file_url(folder / name, label_studio.document_root)}} for name in names]
+
+
+@pytest.fixture
+def backend_url(label_studio, tmp_path):
+    """A backend over real HTTP on a free port (loopback, no credentials), serving a run on the template's classes."""
+    run = stock_run(tmp_path / "run")
+    app = create_app(BackendConfig(model_dir=run.directory, label_studio_url=label_studio.url,
+                                   api_key=label_studio.token), preload=True)  # fmt: skip
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", run
+    server.shutdown()
+    server.server_close()
+
+
+def test_label_studio_stores_a_class_prediction_for_every_task(label_studio, ls_client, backend_url):
+    url, run = backend_url
+    project = ls_client.projects.create(title="stock image classification", label_config=STOCK)
+    upload(label_studio, project.id, ["u0.png", "u1.png", "u2.png"])
+    ls_client.projects.import_tasks(id=project.id, request=local_files(label_studio, ls_client, project.id,
+                                                                        ["l0.png", "l1.png", "l2.png"]))  # fmt: skip
+    tasks = list(ls_client.tasks.list(project=project.id))
+    assert len(tasks) == 6
+    assert sum("/data/upload/" in t.data["image"] for t in tasks) == 3  # both kinds of image, three each
+    ml = ls_client.ml.create(project=project.id, url=url, title="hitl")
+    assert ls_client.ml.get(id=ml.id).model_version == run.model_version(0)  # /setup accepted the template
+    ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                             selected_items={"all": True, "excluded": []})  # fmt: skip
+    predictions = ls_client.predictions.list(project=project.id)
+    assert sorted(p.task for p in predictions) == sorted(t.id for t in tasks)  # one for every task
+    for pred in predictions:
+        assert pred.model_version == run.model_version(0) and 0 <= pred.score <= 1
+        (choice,) = pred.result  # the template has no region tool: the class is the prediction
+        assert (choice["from_name"], choice["to_name"], choice["type"]) == ("choice", "image", "choices")
+        assert choice["value"]["choices"][0] in STOCK_CLASSES and 0 <= choice["score"] <= 1
