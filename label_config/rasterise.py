@@ -2,11 +2,18 @@
 
 Shape legend: G_h x G_w grid cells.
 
-Geometry follows Label Studio: a rectangle's ``x, y, width, height`` are percent of the original image
-size, ``(x, y)`` is the top-left corner before rotation and ``rotation`` turns it clockwise (y points
-down) about that corner, in pixel space (so the image's aspect ratio matters). A keypoint's ``x, y``
-is a percent position. Cells are uniform in percent (``Grid.cell_box_percent``), so the rasteriser
-works in cell units, where cell ``(r, c)`` is ``[c, c + 1) x [r, r + 1)``.
+Every image region type marks cells. Rectangles and keypoints take the exact path here: a rectangle's
+``x, y, width, height`` are percent of the original image size, ``(x, y)`` is the top-left corner before
+rotation and ``rotation`` turns it clockwise (y points down) about that corner, in pixel space (so the
+image's aspect ratio matters); a keypoint's ``x, y`` is a percent position. Cells are uniform in percent
+(``Grid.cell_box_percent``), so this works in cell units, where cell ``(r, c)`` is ``[c, c + 1) x [r, r + 1)``,
+and is exact on any grid. Polygons, ellipses and brush strokes (RLE) go through ``regions.region_cells``
+(pixel masks at the grid's resolution; on whole pixels it agrees with the rectangles here).
+
+Which regions are feedback: a region says "the model must not use this" when it comes from one of our cell
+tools or carries an irrelevant-like label (``interface.label_kind``: the snippet's "Model must not use this",
+our "Irrelevant ..."); one labelled otherwise ("Model should use this", a neutral "model looks here") marks
+no cells and ``regions_without_cells`` reports it. A region without labels (a plain ``rectangle``) counts.
 """
 
 from __future__ import annotations
@@ -20,7 +27,12 @@ import numpy as np
 
 from label_config.controls import POINT_TAGS, RECT_TAGS, ConfigControls
 from label_config.grid import Grid
+from label_config.interface import OUR_FEEDBACK_CONTROLS, Option, label_kind
 from label_config.names import CORRECT_LABEL, LABEL_CHECK, LABEL_OK, SKIP
+from label_config.regions import region_cells
+
+MASK_ONLY_TAGS = ("polygonlabels", "polygon", "ellipselabels", "ellipse", "brushlabels", "brush")
+CELL_TAGS = RECT_TAGS + POINT_TAGS + MASK_ONLY_TAGS  # every region type that marks cells
 
 COORD_SLOP = 0.05  # percent: LS float noise (or a rotated corner) may poke out this far; clipped
 MIN_OVERLAP = 1e-6  # fraction of a cell: less overlap is rounding noise at a cell border, not a mark
@@ -44,7 +56,11 @@ def _show(raw) -> str:
 
 
 def _where(task_id, annotation_id, item: dict) -> str:
-    return f"task {task_id}, annotation {annotation_id}, region {_show(item.get('id'))}"
+    return _region_where(f"task {task_id}, annotation {annotation_id}", item)
+
+
+def _region_where(head: str, item: dict) -> str:
+    return f"{head}, region {_show(item.get('id'))}"
 
 
 def _number(value: dict, key: str, where: str, default: float | None = None) -> float:
@@ -209,20 +225,25 @@ def regions_to_cells(
 
     result: Label Studio ``result`` items; ``rectanglelabels``/``rectangle`` mark every cell they
     overlap by more than ``min_overlap`` of a cell (a zero-size one marks the cell holding it),
-    ``keypointlabels``/``keypoint`` the cell holding the point; other types are ignored, as are
-    regions whose ``to_name`` is not in ``to_names`` (when given). Returns (G_h, G_w) bool.
-    Raises ValueError naming the task, annotation and region on malformed geometry.
+    ``keypointlabels``/``keypoint`` the cell holding the point, polygons, ellipses and brush strokes every
+    cell one of their pixels is in (``regions.region_cells``); other types are ignored, as are regions whose
+    ``to_name`` is not in ``to_names`` (when given). Labels are not read here (``parse_annotation`` picks
+    the feedback regions). Returns (G_h, G_w) bool.
+    Raises ValueError naming the task, annotation and region on malformed geometry (a ``RegionError`` for
+    a polygon, ellipse or brush stroke, a corrupt RLE among them).
     """
     cells = np.zeros(grid.shape, dtype=bool)
     for item in _items(result, f"task {task_id}, annotation {annotation_id}"):
         kind = _kind(item, f"task {task_id}, annotation {annotation_id}")
-        if kind not in RECT_TAGS + POINT_TAGS:
+        if kind not in CELL_TAGS:
             continue
         to_name = item.get("to_name")
         if to_names is not None and (not isinstance(to_name, str) or to_name not in to_names):
             continue
         where = _where(task_id, annotation_id, item)
-        if kind in RECT_TAGS:
+        if kind in MASK_ONLY_TAGS:
+            cells |= region_cells(item, grid, where=f"task {task_id}, annotation {annotation_id}")
+        elif kind in RECT_TAGS:
             cells |= _rect_cells(item, grid, where, min_overlap)
         else:
             value = _value(item, where)
@@ -236,14 +257,42 @@ def regions_to_cells(
 NON_REGION_TYPES = ("choices", "textarea", "rating", "number", "datetime", "taxonomy", "labels", "relation")
 
 
-def regions_without_cells(result: list[dict]) -> list[str]:
-    """The types of regions in ``result`` that mark no cells (a polygon, a brush stroke, an ellipse): an
-    annotator's marks the rasteriser cannot read, to report rather than count as "nothing marked"."""
+def _labels(item: dict, kind: str, where: str) -> list[str]:
+    """The labels a ``<kind>labels`` region carries (``value[kind]``); [] for a plain tool's region."""
+    labels = _value(item, where).get(kind, [])
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"{where}: {kind} must be a list of strings, got {_show(labels)}")
+    return labels
+
+
+def _is_feedback(item: dict, kind: str, where: str, ours: Sequence[str]) -> bool:
+    """Whether a region marks what the model must not use: it comes from one of our cell tools (``ours``),
+    carries no labels, or carries an irrelevant-like one (a relevant or neutral label does not count)."""
+    labels = _labels(item, kind, where)
+    if item.get("from_name") in ours or not labels:
+        return True
+    return any(label_kind(Option(label)) == "irrelevant" for label in labels)
+
+
+def _cell_tools(controls: ConfigControls | None) -> tuple[str, ...]:
+    """Our cell tools' names: the defaults and, for a renamed config, its rectangle and keypoint controls."""
+    renamed = tuple(c.name for c in (controls.rect, controls.point) if c is not None) if controls else ()
+    return OUR_FEEDBACK_CONTROLS + renamed
+
+
+def regions_without_cells(result: list[dict], *, controls: ConfigControls | None = None) -> list[str]:
+    """What in ``result`` is a region yet marks no cells, one phrase each: a type the rasteriser cannot read
+    (``"videorectangle regions"``) or a region whose labels are not irrelevant-like (``"rectanglelabels
+    regions labelled 'Model should use this'"``), to report rather than count as "nothing marked"."""
     found = []
     for item in _items(result, "result"):
         kind = _kind(item, "result")
-        if kind and kind not in RECT_TAGS + POINT_TAGS + NON_REGION_TYPES:
-            found.append(kind[:40])  # a type is any string a client sent: keep the warning a line
+        if kind in CELL_TAGS:
+            where = _region_where("result", item)
+            if not _is_feedback(item, kind, where, _cell_tools(controls)):
+                found.append(f"{kind} regions labelled {_show(_labels(item, kind, where))}")
+        elif kind and kind not in NON_REGION_TYPES:
+            found.append(f"{kind[:40]} regions")  # a type is any string a client sent: keep the warning a line
     return found
 
 
@@ -280,12 +329,20 @@ def parse_annotation(
 ) -> AnnotationFeedback:
     """Cells, label fix and skip flag of one annotation's ``result`` (choices read by ``annotation_choices``).
 
-    ``controls`` (from ``check_config``) supplies a project's own control names; by default ours. Raises
-    ValueError on an unknown class name.
+    ``controls`` (from ``check_config``) supplies a project's own control names; by default ours. Cells come
+    from the regions that are feedback (module docstring): every image region type, whose labels say the
+    model must not use it. Raises ValueError on an unknown class name or malformed geometry.
     """
     where = f"task {task_id}, annotation {annotation_id}"
     result = _items(result, where)
-    cells = regions_to_cells(result, grid, task_id=task_id, annotation_id=annotation_id)
+    ours = _cell_tools(controls)
+    feedback = [
+        item
+        for item in result
+        if (kind := _kind(item, where)) not in CELL_TAGS
+        or _is_feedback(item, kind, _where(task_id, annotation_id, item), ours)
+    ]
+    cells = regions_to_cells(feedback, grid, task_id=task_id, annotation_id=annotation_id)
     cells.setflags(write=False)
     choices = annotation_choices(result, controls=controls, where=where)
     label_fix = None

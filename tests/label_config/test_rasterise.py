@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from label_config.config import suggestion_result
 from label_config.controls import check_config
 from label_config.grid import Grid
+from label_config.interface import REGION_TAGS
 from label_config.names import (
     CELL_POINT,
     CELL_RECT,
@@ -23,6 +24,7 @@ from label_config.names import (
     SKIP_CHOICE,
 )
 from label_config.rasterise import (
+    CELL_TAGS,
     MAX_REGIONS,
     AnnotationFeedback,
     combine_cells,
@@ -30,6 +32,8 @@ from label_config.rasterise import (
     regions_to_cells,
     regions_without_cells,
 )
+from label_config.regions import MASK_TYPES, RegionError, mask_to_rle, region_cells
+from label_config.snippet import FEEDBACK_CONTROL, MUST_NOT_USE, SHOULD_USE
 
 # Square cells in pixels (as LS's grid needs), including a non-square image and a grid that does
 # not divide its image.
@@ -236,7 +240,7 @@ def test_other_region_types_and_other_objects_are_ignored():
     result = [
         {"id": "c", "from_name": LABEL_CHECK, "to_name": "image", "type": "choices", "value": {"choices": [LABEL_OK]}},
         {"id": "t", "from_name": "notes", "to_name": "image", "type": "textarea", "value": {"text": ["hi"]}},
-        {"id": "g", "from_name": "poly", "to_name": "image", "type": "polygonlabels", "value": {"points": [[1, 1]]}},
+        {"id": "v", "from_name": "box", "to_name": "video", "type": "videorectangle", "value": {"sequence": []}},
     ]
     assert not regions_to_cells(result, grid).any()
     on_overlay = dict(point(50, 50), to_name="saliency")
@@ -249,6 +253,109 @@ def test_rectangle_and_keypoint_combine():
     x, y, w, h = grid.cell_box_percent(2, 3)
     result = [rect(x, y, 2 * w, h), point(1, 99)]
     assert np.array_equal(regions_to_cells(result, grid), only(grid, (2, 3), (2, 4), (6, 0)))
+
+
+# --- polygons, ellipses, brush strokes -----------------------------------------------------------
+
+
+def shape(kind, value, *, rid="s1", from_name=FEEDBACK_CONTROL, label=MUST_NOT_USE, grid=None):
+    """A ``<kind>labels`` region of the snippet's tool (``label`` None: the plain tool, no labels)."""
+    item = {"id": rid, "from_name": from_name, "to_name": "image", "type": f"{kind}labels" if label else kind,
+            "value": {**value, **({f"{kind}labels": [label]} if label else {})}}  # fmt: skip
+    if grid is not None:
+        item.update(original_width=grid.width, original_height=grid.height)
+    return item
+
+
+def cell_shapes(grid, r0, c0, r1, c1):
+    """A polygon, an ellipse and a brush stroke that each cover the cell block rows r0..r1, cols c0..c1."""
+    x0, y0, w, h = grid.cell_box_percent(r0, c0)
+    x1, y1 = x0 + (c1 - c0 + 1) * w, y0 + (r1 - r0 + 1) * h
+    rows, cols = grid.row_edges(), grid.col_edges()
+    mask = np.zeros((grid.height, grid.width), bool)
+    mask[rows[r0] : rows[r1 + 1], cols[c0] : cols[c1 + 1]] = True
+    return {
+        "polygon": shape("polygon", {"points": [[x0 + 0.1, y0 + 0.1], [x1 - 0.1, y0 + 0.1], [x1 - 0.1, y1 - 0.1],
+                                                [x0 + 0.1, y1 - 0.1]]}),
+        # an ellipse inside the block, reaching into every one of its cells
+        "ellipse": shape("ellipse", {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "radiusX": (x1 - x0) / 2 - 0.1,
+                                     "radiusY": (y1 - y0) / 2 - 0.1}),
+        "brush": shape("brush", {"format": "rle", "rle": mask_to_rle(mask, grid.height, grid.width)}, grid=grid),
+    }  # fmt: skip
+
+
+def test_every_image_region_type_marks_cells():
+    assert set(REGION_TAGS) <= set(CELL_TAGS) and set(MASK_TYPES) == set(CELL_TAGS)
+
+
+@pytest.mark.parametrize("kind", ["polygon", "ellipse", "brush"])
+@pytest.mark.parametrize("grid", [Grid(28, 28, 7, 7), Grid(224, 224, 4, 4), Grid(30, 50, 3, 5)])
+def test_polygons_ellipses_and_brush_strokes_become_cells(kind, grid):
+    region = cell_shapes(grid, 1, 0, 2, 1)[kind]
+    want = only(grid, (1, 0), (1, 1), (2, 0), (2, 1))
+    assert np.array_equal(regions_to_cells([region], grid), want)
+    assert np.array_equal(regions_to_cells([region], grid), region_cells(region, grid))
+    fb = parse_annotation([region, point(99, 99)], grid, CLASSES, task_id=1, annotation_id=2)
+    assert np.array_equal(fb.cells, want | only(grid, (grid.rows - 1, grid.cols - 1)))
+    assert regions_without_cells([region]) == []
+
+
+def test_a_rectangle_and_the_same_polygon_mark_the_same_cells():
+    """On whole pixels (regions agrees with the exact path there): 5..17 x 9..21 of 28 px."""
+    grid = Grid(28, 28, 7, 7)
+    x, y, w, h = (px * 100 / 28 for px in (5, 9, 12, 12))
+    square = shape("polygon", {"points": [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]})
+    assert np.array_equal(regions_to_cells([square], grid), regions_to_cells([rect(x, y, w, h)], grid))
+
+
+@pytest.mark.parametrize(
+    "rle, problem",
+    [([0, 0, 3, 16, 7], "shorter than its 53-bit header"), ([0, 0, 0, 9, 1, 2, 3, 4], "holds 9 values"),
+     ([0, 0, 12, 64] + [255] * 9, "corrupt rle"), ([0, 300, 1], "0..255")],
+)  # fmt: skip
+def test_a_corrupt_brush_stroke_is_a_value_error_naming_the_task_annotation_and_region(rle, problem):
+    grid = Grid(28, 28, 7, 7)
+    stroke = shape("brush", {"format": "rle", "rle": rle}, rid="b7", grid=grid)
+    with pytest.raises(RegionError, match=f"^task 3, annotation 9, brushlabels region 'b7': .*{problem}") as err:
+        parse_annotation([point(1, 1), stroke], grid, CLASSES, task_id=3, annotation_id=9)
+    assert isinstance(err.value, ValueError) and (err.value.region_type, err.value.region_id) == ("brushlabels", "b7")
+
+
+@pytest.mark.parametrize(
+    "from_name, label, counts",
+    [
+        (FEEDBACK_CONTROL, MUST_NOT_USE, True),  # the snippet's irrelevant label
+        ("my_boxes", "Irrelevant", True),  # a team's own irrelevant-like label
+        ("my_boxes", "Spurious watermark", True),
+        (CELL_RECT, "Anything", True),  # every label of our own cell tools
+        (FEEDBACK_CONTROL, SHOULD_USE, False),  # where the model should look
+        ("suggestions", "Model looks here", False),  # a neutral label: not feedback
+        ("my_boxes", "Dog", False),  # a class drawn in a detection project
+        (FEEDBACK_CONTROL, None, True),  # the plain tool: no labels, a mark
+    ],
+)
+@pytest.mark.parametrize("kind", ["polygon", "ellipse", "brush", "rectangle"])
+def test_only_regions_labelled_irrelevant_are_feedback(from_name, label, counts, kind):
+    grid = Grid(28, 28, 7, 7)
+    if kind == "rectangle":
+        x, y, w, h = grid.cell_box_percent(1, 0)
+        region = shape("rectangle", {"x": x, "y": y, "width": 2 * w, "height": 2 * h}, from_name=from_name, label=label)
+    else:
+        region = dict(cell_shapes(grid, 1, 0, 2, 1)[kind], from_name=from_name)
+        region = shape(kind, {k: v for k, v in region["value"].items() if not k.endswith("labels")},
+                       from_name=from_name, label=label, grid=grid if kind == "brush" else None)  # fmt: skip
+    fb = parse_annotation([region], grid, CLASSES, task_id=1, annotation_id=2)
+    assert fb.cells.sum() == (4 if counts else 0)
+    reported = regions_without_cells([region])
+    assert reported == ([] if counts else [f"{region['type']} regions labelled {[label]!r}"])
+
+
+def test_labels_that_are_not_a_list_of_strings_are_a_value_error_naming_the_region():
+    grid = Grid(28, 28, 7, 7)
+    region = shape("polygon", {"points": [[1, 1], [9, 1], [9, 9]]}, rid="g2", label=None)
+    region.update(type="polygonlabels", value={**region["value"], "polygonlabels": "Irrelevant"})
+    with pytest.raises(ValueError, match="^task 1, annotation 2, region 'g2': polygonlabels must be a list"):
+        parse_annotation([region], grid, CLASSES, task_id=1, annotation_id=2)
 
 
 # --- annotations ------------------------------------------------------------------------------

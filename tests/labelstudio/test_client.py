@@ -90,13 +90,14 @@ def test_connect_without_configuration_names_what_is_missing(monkeypatch):
         connect(url="http://localhost:8080")
 
 
-def test_ensure_project_reuses_by_title_and_follows_the_config(ls_client):
-    first = ensure_project(ls_client, "reuse-me", CONFIG)
-    assert ensure_project(ls_client, "reuse-me", CONFIG) == first
+def test_ensure_project_reuses_its_own_project_by_title_and_follows_the_config(ls_client):
+    """The run's own project (its owner note); another's is refused: tests/labelstudio/test_foreign_project.py."""
+    first = ensure_project(ls_client, "reuse-me", CONFIG, owner="run A")
+    assert ensure_project(ls_client, "reuse-me", CONFIG, owner="run A") == first
     changed = CONFIG.replace('value="Irrelevant"', 'value="Irrelevant" background="red"')
-    assert ensure_project(ls_client, "reuse-me", changed) == first
+    assert ensure_project(ls_client, "reuse-me", changed, owner="run A") == first
     assert ls_client.projects.get(id=first).label_config == changed
-    assert ensure_project(ls_client, "reuse-me-not", CONFIG) != first
+    assert ensure_project(ls_client, "reuse-me-not", CONFIG, owner="run A") != first
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from label_config.names import (
     LABEL_CHECK,
     LABEL_WRONG,
 )
+from label_config.regions import region_cells
 from trainer.labelstudio.annotator import simulate_annotator
 from trainer.labelstudio.client import annotate_as_browser, list_task_data
 from trainer.labelstudio.link import connect_project
@@ -181,8 +182,10 @@ def test_push_pull_train_end_to_end(linked, label_studio):
     client.annotations.update(id=ann[3], result=[point(g, 4, 5), polygon])  # fixed again, plus a polygon
     report = pull(run, client, project)
     assert report.new + report.updated == 1 and not any(f"annotation {ann[3]}" in e for e in report.errors)
-    assert any(f"annotation {ann[3]}: polygonlabels regions mark no cells" in w for w in report.warnings)
-    np.testing.assert_array_equal(run.feedback().cells[sample[3]], cells(g, (4, 5)))
+    assert not any(f"annotation {ann[3]}" in w for w in report.warnings)  # a polygon marks cells too
+    want = cells(g, (4, 5)) | region_cells(polygon, g)
+    assert region_cells(polygon, g).any() and not region_cells(polygon, g)[4, 5]
+    np.testing.assert_array_equal(run.feedback().cells[sample[3]], want)
 
     client.annotations.delete(id=ann[0])  # a deletion stops counting
     assert pull(run, client, project).deleted == 1

@@ -25,13 +25,15 @@ from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 
 pytestmark = pytest.mark.labelstudio
+# A polygon of the snippet's tool that says where the model should look: feedback marks none of its cells.
 POLYGON = {
     "id": "poly",
-    "from_name": "irrelevant_area",
+    "from_name": "feedback_regions",
     "to_name": "image",
     "type": "polygonlabels",
-    "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Irrelevant area"]},
+    "value": {"points": [[10, 10], [20, 10], [20, 20]], "polygonlabels": ["Model should use this"]},
 }
+POLYGON_WARNING = "polygonlabels regions labelled ['Model should use this'] mark no cells"
 
 
 @pytest.fixture
@@ -76,7 +78,7 @@ def test_malformed_annotations_are_recorded_invalid_and_the_others_land(linked, 
     last = run.ledger.last_pull(link.project_id)
     assert last["counts"]["new"] == 2 and last["counts"]["invalid"] == 3 and last["counts"]["warnings"] == 1
     assert {(i["task_id"], i["annotation_id"]) for i in last["invalid"]} == {(t, a) for a, (t, _) in bad.items()}
-    assert f"annotation {good[task_ids[1]]}: polygonlabels regions mark no cells" in last["warnings"][0]
+    assert f"annotation {good[task_ids[1]]}: {POLYGON_WARNING}" in last["warnings"][0]
 
 
 def test_concurrent_pulls_apply_the_newer_export_last(linked, monkeypatch):
@@ -136,7 +138,7 @@ def test_start_training_logs_and_records_the_pulls_invalid_annotations_and_warni
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"project {link.project_id}: pulled 1 new" in logged and "1 invalid" in logged
     assert f"invalid annotation: task {task_ids[1]}, annotation {bad_id}, region" in logged and "too large" in logged
-    assert f"warning: task {task_ids[0]}, annotation {polygon_id}: polygonlabels regions mark no cells" in logged
+    assert f"warning: task {task_ids[0]}, annotation {polygon_id}: {POLYGON_WARNING}" in logged
     last = run.ledger.last_pull(link.project_id)
     assert last["counts"]["invalid"] == 1 and last["counts"]["warnings"] == 1
     assert run.ledger.rounds()[-1]["round"] == 1

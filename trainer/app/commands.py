@@ -217,6 +217,12 @@ def _link_args(p) -> None:
     p.add_argument("--project-title", default=None, help="default: 'hitl <run name>'")
     p.add_argument("--document-root", default=None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT")
     p.add_argument("--data-uri", action="store_true", default=None, help="inline images instead of local files")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="use a project found by title that this run did not create: its config is replaced and tasks added "
+        "(without it the command refuses and says what would change)",
+    )
 
 
 def _open(args, *, linking: bool = True):
@@ -228,7 +234,14 @@ def _open(args, *, linking: bool = True):
             run,
             client,
             connect_project(
-                run, client, url, title=args.project_title, document_root=args.document_root, data_uri=args.data_uri
+                run,
+                client,
+                url,
+                title=args.project_title,
+                document_root=args.document_root,
+                data_uri=args.data_uri,
+                force=args.force,
+                adding=run.config.sampling.per_round,
             ),
         )
     link = read_link(run)

@@ -13,6 +13,9 @@ CSV formats, detected from the header:
   * APTOS-2019 (Kaggle): ``id_code,diagnosis`` (0..4); images ``<id_code>.png`` in the sibling ``train_images``.
   * generic: ``image,label`` (or ``path_col``/``label_col``); paths relative to the CSV's folder; a label is a
     class name, or an int class index when every label is an int.
+  * labelstudio: Label Studio's own CSV, JSON or JSON_MIN export of the project (``trainer.data.lsexport``):
+    the Choices column and the image URL; ``document_root`` and ``label_config`` say where the images are and
+    which classes, in which order (the config's Choices).
 
 A file ``<stem>.mask.png`` beside an image is its known irrelevant region (``decoy_masks``): what a simulated
 annotator marks and the irrelevant-share metric reads, never an input of the model. ``write_folder`` writes any
@@ -33,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from trainer.data.lsexport import is_export_header, read_export
 from trainer.data.view import (
     BadImageError,
     check_image,
@@ -45,7 +49,7 @@ from trainer.data.view import (
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
 ISIC_CLASSES = ["melanoma", "seborrheic_keratosis", "nevus"]
 APTOS_CLASSES = ["no_dr", "mild", "moderate", "severe", "proliferative_dr"]
-CSV_FORMATS = ("auto", "isic2017", "aptos2019", "generic")
+CSV_FORMATS = ("auto", "isic2017", "aptos2019", "generic", "labelstudio")
 MASK_SUFFIX = ".mask.png"  # <stem>.mask.png beside an image: its known irrelevant region, if a team has one
 
 
@@ -224,6 +228,7 @@ class CsvDataset(FileDataset):
     images_dir: where the images are (default per format, relative to the CSV's folder); format: one of
     ``CSV_FORMATS`` ("auto" reads the header); path_col/label_col: the generic format's columns; classes: fixes
     the generic class list (a label outside it is a ValueError naming it). Rows keep the CSV's order.
+    document_root, label_config: a Label Studio export's (``trainer.data.lsexport.read_export``).
     """
 
     def __init__(
@@ -239,29 +244,40 @@ class CsvDataset(FileDataset):
         classes: list[str] | None = None,
         on_error: str = "raise",
         cache: bool = False,
+        document_root: str | Path | None = None,
+        label_config: str | Path | None = None,
     ) -> None:
         csv_path = Path(csv_path).expanduser()
         self.csv_path = csv_path
         self.format, paths, labels, classes = read_label_csv(
-            csv_path, images_dir=images_dir, format=format, path_col=path_col, label_col=label_col, classes=classes
-        )
+            csv_path, images_dir=images_dir, format=format, path_col=path_col, label_col=label_col, classes=classes,
+            document_root=document_root, label_config=label_config,
+        )  # fmt: skip
         super().__init__(paths, labels, classes, size=size, channels=channels, on_error=on_error, cache=cache)
 
 
 def read_label_csv(
-    csv_path: Path, *, images_dir=None, format="auto", path_col=None, label_col=None, classes=None
-) -> tuple[str, list[Path], list[int], list[str]]:
-    """(format, N image paths, N labels, classes) from a label CSV; no image is opened."""
+    csv_path: Path, *, images_dir=None, format="auto", path_col=None, label_col=None, classes=None,
+    document_root=None, label_config=None,
+) -> tuple[str, list[Path], list[int], list[str]]:  # fmt: skip
+    """(format, N image paths, N labels, classes) from a label CSV (or a Label Studio JSON export); no image
+    is opened."""
     if format not in CSV_FORMATS:
         raise ValueError(f"CSV format must be one of {CSV_FORMATS}, got {format!r}")
     if not csv_path.is_file():
         raise ValueError(f"label CSV {csv_path} does not exist or is not a file")
+    if format == "auto" and csv_path.suffix.lower() == ".json":
+        format = "labelstudio"
+    if format == "labelstudio":
+        return format, *read_export(csv_path, document_root=document_root, label_config=label_config)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
         reader = csv.DictReader(f, skipinitialspace=True)
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header
         if format == "auto":
             format = _detect_format(header, path_col, label_col)
+        if format == "labelstudio":
+            return format, *read_export(csv_path, document_root=document_root, label_config=label_config)
         rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
     if not rows:
         raise ValueError(f"label CSV {csv_path} has no data rows")
@@ -278,6 +294,8 @@ def read_label_csv(
 def _detect_format(header: list[str], path_col, label_col) -> str:
     if path_col or label_col:
         return "generic"
+    if is_export_header(header):
+        return "labelstudio"
     if {"image_id", "melanoma", "seborrheic_keratosis"} <= set(header):
         return "isic2017"
     if {"id_code", "diagnosis"} <= set(header):

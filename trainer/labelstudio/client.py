@@ -21,6 +21,7 @@ import httpx
 from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from label_config.changes import control_changes, removed_controls
 from label_config.names import SAMPLE_ID_KEY
 from trainer.labelstudio.auth import AuthError, LabelStudioAuth, TokenAuth
 from trainer.labelstudio.retry import RetryPolicy, RetryTransport
@@ -84,11 +85,31 @@ def label_studio_http(url: str, api_key: str, *, timeout: float = 60.0,
                         transport=RetryTransport(url, retry))  # fmt: skip
 
 
-def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
+class ForeignProject(ValueError):
+    """A project found by title that this run did not create: using it would change a team's work, so it is
+    refused unless forced; the message says what would change and how to proceed."""
+
+
+class ConfigRefused(ValueError):
+    """Label Studio refused a labelling config change (400): existing annotations use what it removes."""
+
+
+def ensure_project(
+    client: LabelStudio,
+    title: str,
+    label_config: str,
+    *,
+    owner: str | None = None,
+    force: bool = False,
+    adding: int | None = None,
+) -> int:
     """The id of the project titled ``title`` (the oldest if several), created if there is none.
 
-    An existing project whose label config differs gets ``label_config`` (Label Studio refuses the
-    change if it would orphan existing annotations).
+    owner: the description a project this run created carries (``owner`` is written into it on creation). A
+    project found by title whose description is not ``owner`` is someone else's: without ``force`` it is left
+    untouched and ForeignProject says what using it would change (its config's controls, ``adding`` tasks);
+    with ``force`` only its label config changes (to ``label_config``, when it differs). A config change
+    Label Studio refuses is a ConfigRefused naming the project and the annotations that block it.
     """
     if not TITLE_LENGTH[0] <= len(title) <= TITLE_LENGTH[1]:
         raise ValueError(
@@ -97,11 +118,49 @@ def ensure_project(client: LabelStudio, title: str, label_config: str) -> int:
     # The server's title filter matches substrings: keep exact matches only.
     matches = sorted(p.id for p in client.projects.list(title=title, page_size=100) if p.title == title)
     if not matches:
-        return client.projects.create(title=title, label_config=label_config).id
-    project_id = matches[0]
-    if client.projects.get(id=project_id).label_config != label_config:
-        client.projects.update(id=project_id, label_config=label_config)
-    return project_id
+        return client.projects.create(title=title, label_config=label_config, description=owner or "").id
+    project = client.projects.get(id=matches[0])
+    if not force and (owner is None or (project.description or "") != owner):
+        raise ForeignProject(_refusal(project, label_config, adding))
+    if (project.label_config or "").strip() != label_config.strip():  # Label Studio drops a trailing newline
+        set_label_config(client, project, label_config)
+    return project.id
+
+
+def _refusal(project, label_config: str, adding: int | None) -> str:
+    changes = control_changes(project.label_config or "", label_config)
+    tasks, annotated = project.task_number or 0, project.num_tasks_with_annotations or 0
+    would = [f"replace its labelling config ({'; '.join(changes)})"] if changes else []
+    would.append(f"add {adding if adding is not None else 'new'} tasks to its {tasks} ({annotated} annotated)")
+    return (
+        f"Label Studio project {project.title!r} (id {project.id}) was not created by this run, so nothing was "
+        f"changed. Using it would {' and '.join(would)}. Pass --force to make exactly these changes (force=True), "
+        f"or choose another --project-title for a project of the run's own"
+    )
+
+
+def set_label_config(client: LabelStudio, project, label_config: str) -> None:
+    """Give ``project`` (an SDK project) ``label_config``; ConfigRefused names the annotations that block it."""
+    try:
+        client.projects.update(id=project.id, label_config=label_config)
+    except ApiError as exc:
+        if exc.status_code != 400:
+            raise
+        removed = removed_controls(project.label_config or "", label_config)
+        blocking = [r for r in fetch_annotations(client, project.id) if _uses(r.result, removed)]
+        named = ", ".join(f"annotation {r.annotation_id} (task {r.task_id})" for r in blocking[:5])
+        more = f" and {len(blocking) - 5} more" if len(blocking) > 5 else ""
+        raise ConfigRefused(
+            f"Label Studio refused to change the labelling config of project {project.title!r} (id {project.id}): "
+            f"{len(blocking)} annotations use the controls {sorted(removed)} it would remove"
+            f"{': ' + named + more if blocking else ''}. Nothing was changed. Add our controls to the project's "
+            f"own config instead (`hitl config --project-config FILE`), or use another project. Label Studio said: "
+            f"{str(exc.body)[:300]}"
+        ) from None
+
+
+def _uses(result: list, controls: set[str]) -> bool:
+    return any(isinstance(item, dict) and item.get("from_name") in controls for item in result)
 
 
 def local_file_url(path: str | os.PathLike, document_root: str | os.PathLike) -> str:

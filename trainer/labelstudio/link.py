@@ -33,12 +33,27 @@ def read_link(run: Run) -> Link | None:
     return Link(**json.loads(path.read_text())) if path.is_file() else None
 
 
+def owner_note(run: Run) -> str:
+    """The description of a project a run creates: how the run knows it again by title (a restarted server)."""
+    return f"Created by hitl for the run {run.directory.resolve()}"
+
+
 def connect_project(
-    run: Run, client, url: str, *, title: str | None = None, document_root=None, data_uri: bool | None = None
+    run: Run,
+    client,
+    url: str,
+    *,
+    title: str | None = None,
+    document_root=None,
+    data_uri: bool | None = None,
+    force: bool = False,
+    adding: int | None = None,
 ) -> Link:
     """The run's project on ``url``: the linked one, or one found or created by ``title``; saved in the run.
 
-    document_root defaults to the linked one, then to ``LOCAL_FILES_DOCUMENT_ROOT`` (Label Studio's name).
+    A project found by title that the run did not create is refused (``ForeignProject``: what would change,
+    its config's controls and ``adding`` tasks) unless ``force``; then only its config is replaced, and the
+    caller adds tasks. document_root defaults to the linked one, then to ``LOCAL_FILES_DOCUMENT_ROOT``.
     """
     url = url.rstrip("/")
     link = read_link(run)
@@ -49,7 +64,10 @@ def connect_project(
         )
     if link is None:
         title = title or f"hitl {run.name}"[:50]
-        link = Link(url=url, project_id=ensure_project(client, title, label_config_for(run)), title=title)
+        project_id = ensure_project(
+            client, title, label_config_for(run), owner=owner_note(run), force=force, adding=adding
+        )
+        link = Link(url=url, project_id=project_id, title=title)
     elif title is not None and title != link.title:
         raise ValueError(f"run {run.directory} is linked to project {link.title!r}, not {title!r}")
     else:

@@ -41,7 +41,7 @@ class PullReport:
     ``skipped`` counts the new or updated ones that give no feedback (cancelled, or the skip choice);
     ``ignored`` tasks without a sample id (imported by someone else); ``invalid`` names each bad one, and
     ``invalidated`` counts those that were valid before (their old cells stop counting); ``warnings`` names
-    regions that mark no cells (a polygon or a brush stroke)."""
+    regions that mark no cells (a type no image tool makes, or a label that is not irrelevant-like)."""
 
     new: int = 0
     updated: int = 0
@@ -94,8 +94,8 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union", progress: bo
             records = fetch_annotations(client, project_id, progress=lambda done, total: _advance(bar, done, total))
         # Only pulls write annotations and they take turns: the versions read here hold until the write below.
         parsed = _parse_changed(run, records, ledger.annotation_versions())
-        warnings = [f"task {r.task_id}, annotation {r.annotation_id}: {kind} regions mark no cells (use a "
-                    f"rectangle or a click)" for r in records for kind in sorted(set(_region_kinds(r)))]  # fmt: skip
+        warnings = [f"task {r.task_id}, annotation {r.annotation_id}: {what} mark no cells"
+                    for r in records for what in sorted(set(_region_kinds(r)))]  # fmt: skip
         with ledger.transaction():
             report = _apply(run, records, parsed, project_id)
             report = replace(report, warnings=tuple(warnings))
