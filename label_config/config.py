@@ -229,7 +229,8 @@ def suggestion_result(
 
     cells: ``(row, col)`` pairs (or a (G_h, G_w) bool array). score: one value for every region or one
     per cell. control: a ``Control`` from ``check_config`` to name regions after a project's own config
-    (default: our ``CELL_RECT`` on ``ANNOTATED``); a keypoint control gets a point at each cell centre.
+    (default: our ``CELL_RECT`` on ``ANNOTATED``, labelled ``MODEL_LOOKS_HERE``, which marks nothing when accepted
+    unread); a keypoint control gets a point at each cell centre.
     """
     cells = _cell_list(cells, grid)
     # original_* only inform LS of the display size; regions are in percent, so no divisibility needed.
@@ -244,7 +245,7 @@ def suggestion_result(
     tag = control.tag if control is not None else "rectanglelabels"
     from_name = control.name if control is not None else CELL_RECT
     to_name = control.to_name if control is not None else ANNOTATED
-    label = (control.values[0] if control.values else None) if control is not None else CELL_RECT_LABEL
+    label = (control.values[0] if control.values else None) if control is not None else MODEL_LOOKS_HERE
     items = []
     for (r, c), s in zip(cells, scores):
         x, y, w, h = grid.cell_box_percent(r, c)

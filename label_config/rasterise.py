@@ -27,7 +27,7 @@ import numpy as np
 
 from label_config.controls import POINT_TAGS, RECT_TAGS, ConfigControls
 from label_config.grid import Grid
-from label_config.interface import OUR_FEEDBACK_CONTROLS, Option, label_kind
+from label_config.interface import OUR_FEEDBACK_CONTROLS, Option, is_neutral, label_kind
 from label_config.names import CORRECT_LABEL, LABEL_CHECK, LABEL_OK, SKIP
 from label_config.regions import region_cells
 
@@ -269,8 +269,10 @@ def _is_feedback(item: dict, kind: str, where: str, ours: Sequence[str]) -> bool
     """Whether a region marks what the model must not use: it comes from one of our cell tools (``ours``),
     carries no labels, or carries an irrelevant-like one (a relevant or neutral label does not count)."""
     labels = _labels(item, kind, where)
-    if item.get("from_name") in ours or not labels:
+    if not labels:
         return True
+    if item.get("from_name") in ours:  # every label of our tools marks, but the neutral suggestion label
+        return not all(is_neutral(Option(label)) for label in labels)
     return any(label_kind(Option(label)) == "irrelevant" for label in labels)
 
 

@@ -327,7 +327,8 @@ def test_a_corrupt_brush_stroke_is_a_value_error_naming_the_task_annotation_and_
         (FEEDBACK_CONTROL, MUST_NOT_USE, True),  # the snippet's irrelevant label
         ("my_boxes", "Irrelevant", True),  # a team's own irrelevant-like label
         ("my_boxes", "Spurious watermark", True),
-        (CELL_RECT, "Anything", True),  # every label of our own cell tools
+        (CELL_RECT, "Anything", True),  # every label of our own cell tools...
+        (CELL_RECT, "Model looks here", False),  # ...but the suggestion label: accepted unread, it marks nothing
         (FEEDBACK_CONTROL, SHOULD_USE, False),  # where the model should look
         ("suggestions", "Model looks here", False),  # a neutral label: not feedback
         ("my_boxes", "Dog", False),  # a class drawn in a detection project

@@ -97,3 +97,20 @@ def test_polygons_brush_strokes_and_ellipses_become_cells_and_a_corrupt_stroke_i
     assert last["counts"]["new"] == 3 and last["counts"]["invalid"] == 1 and last["counts"]["warnings"] == 1
     assert [(i["task_id"], i["annotation_id"]) for i in last["invalid"]] == [(task_ids[2], ann[2])]
     assert "corrupt rle" in last["invalid"][0]["reason"]
+
+
+def test_suggestions_accepted_unread_mark_nothing(fresh_run, ls_client, label_studio):
+    """The pushed predictions pre-fill the most salient cells as "Model looks here": an annotator who accepts
+    every suggestion as it stands (the prediction's result submitted unchanged) tells the model nothing."""
+    run, client = fresh_run, ls_client
+    link = connect_project(run, client, label_studio.url, document_root=label_studio.document_root)
+    task_ids = push(run, client, link.project_id, n=3, document_root=link.document_root)
+    for task_id in task_ids:
+        suggested = client.tasks.get(id=task_id).predictions[0]
+        result = suggested["result"] if isinstance(suggested, dict) else suggested.result
+        assert result and {r["value"]["rectanglelabels"][0] for r in result} == {LOOK_HERE}
+        annotate_as_browser(client, task_id, result)
+    report = pull(run, client, link.project_id)
+    assert report.new == len(task_ids) and not report.invalid
+    assert run.feedback().annotated_ids() == []  # no W: the model is not told to ignore what it looks at
+    assert len(report.warnings) == len(task_ids)  # each named: regions labelled 'Model looks here' mark no cells
