@@ -140,7 +140,8 @@ def test_start_training_learns_a_label_changed_in_label_studio(label_studio, ls_
     assert (first["data_revision"], second["data_revision"]) == (1, 2)
     assert second["train_images"] == len(train) + 1
     last = reopened.ledger.last_pull()
-    assert any(f"{UNLABELLED - 1} tasks ignored" in w for w in last["warnings"])  # the others: unlabelled
+    n_test = len(reopened.datasets[1])
+    assert any(w.startswith(f"{n_test} annotations on {n_test} test tasks") for w in last["warnings"])
 
 
 def test_a_rectangle_on_a_team_task_becomes_w_and_an_unknown_label_is_reported(label_studio, ls_client, ls_env,

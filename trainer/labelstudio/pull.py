@@ -27,7 +27,7 @@ from trainer.core.progress import progress_bar
 from trainer.data.snapshot import SNAPSHOT_PREFIX
 from trainer.labelstudio.client import AnnotationRecord, annotation_records, export_tasks
 from trainer.labelstudio.retry import activity
-from trainer.labelstudio.snapshot import SyncReport, sync_snapshot, train_sample_ids
+from trainer.labelstudio.snapshot import SyncReport, sync_snapshot, test_task_ids, train_sample_ids
 from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
 
@@ -136,24 +136,30 @@ def _sync(run: Run, client, project_id: int, tasks: list[dict]) -> SyncReport | 
 
 def _map_sample_ids(run: Run, records: list[AnnotationRecord], synced: SyncReport | None):
     """(records with the snapshot's sample ids on the project's tasks, a warning per kind of task ignored)."""
-    ids = {} if synced is None else train_sample_ids(run.data_root)
+    ids, test = ({}, set()) if synced is None else (train_sample_ids(run.data_root), test_task_ids(run.data_root))
     records = [replace(r, sample_id=ids[r.task_id]) if r.sample_id is None and r.task_id in ids else r
                for r in records]  # fmt: skip
-    lost = sorted({r.task_id for r in records if r.sample_id is None})
-    if not lost:
-        return records, []
-    n = sum(r.sample_id is None for r in records)
-    if synced is None:
-        why = (f"their data has no {SAMPLE_ID_KEY!r} (not pushed by this run; to train on a team's own project, "
-               "`hitl init RUN --dataset labelstudio:PROJECT`)")  # fmt: skip
-    else:
-        why = "they are test tasks, unlabelled, tied or their image is unreadable (see the snapshot's lines)"
-    return records, [f"{n} annotations on {len(lost)} tasks ignored ({_ids(lost)}): {why}"]
+    lost = [r for r in records if r.sample_id is None]
+    on_test = [r for r in lost if r.task_id in test]
+    others = [r for r in lost if r.task_id not in test]
+    warnings = []
+    if on_test:
+        warnings.append(f"{_tasks(on_test, 'test tasks')} ignored: test images give no feedback")
+    if others and synced is None:
+        warnings.append(
+            f"{_tasks(others, 'tasks')} ignored: their data has no {SAMPLE_ID_KEY!r} (tasks this run did "
+            "not push; to train on a team's own project: `hitl init RUN --dataset labelstudio:PROJECT`)"
+        )
+    elif others:
+        warnings.append(f"{_tasks(others, 'tasks')} ignored: not in the snapshot (no single class label, or an "
+                        "unreadable image: see the snapshot's lines)")  # fmt: skip
+    return records, warnings
 
 
-def _ids(task_ids: list[int], shown: int = 10) -> str:
-    head = ", ".join(map(str, task_ids[:shown]))
-    return f"tasks {head}" + (f" and {len(task_ids) - shown} more" if len(task_ids) > shown else "")
+def _tasks(records: list[AnnotationRecord], kind: str, shown: int = 10) -> str:
+    ids = sorted({r.task_id for r in records})
+    head = ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+    return f"{len(records)} annotations on {len(ids)} {kind} ({head})"
 
 
 def _advance(bar, done: int, total: int) -> None:

@@ -179,6 +179,11 @@ def train_sample_ids(run_dir: str | Path) -> dict[int, int]:
     return {int(t["task_id"]): int(t["sample_id"]) for t in read_manifest(run_dir)["tasks"] if t["split"] == "train"}
 
 
+def test_task_ids(run_dir: str | Path) -> set[int]:
+    """The snapshot's test tasks (their feedback is not used)."""
+    return {int(t["task_id"]) for t in read_manifest(run_dir)["tasks"] if t["split"] == "test"}
+
+
 def _new_manifest(project_id: int, url: str | None, config, seed: int, test_fraction: float) -> dict:
     if not 0 < test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
