@@ -88,17 +88,17 @@ def test_concurrent_pulls_apply_the_newer_export_last(linked, monkeypatch):
     g = run.grid
     first, second = push(run, client, link.project_id, n=2, document_root=link.document_root)
     annotate_as_browser(client, first, [rect(g, [(0, 0)])])
-    real_fetch = trainer.labelstudio.pull.fetch_annotations
+    real_fetch = trainer.labelstudio.pull.export_tasks
     a_read, a_go = threading.Event(), threading.Event()
 
     def fetch(*args, **kwargs):
-        records = real_fetch(*args, **kwargs)
+        tasks = real_fetch(*args, **kwargs)
         if threading.current_thread().name == "A":
             a_read.set()
             a_go.wait(60)
-        return records
+        return tasks
 
-    monkeypatch.setattr(trainer.labelstudio.pull, "fetch_annotations", fetch)
+    monkeypatch.setattr(trainer.labelstudio.pull, "export_tasks", fetch)  # the pull reads its export here
     reports = {}
     a = threading.Thread(target=lambda: reports.setdefault("A", pull(run, client, link.project_id)), name="A")
     a.start()

@@ -13,12 +13,14 @@ from trainer.app.status import RunStatus, gather
 from trainer.core.checks import check_choice, check_int
 from trainer.data.files import write_folder
 from trainer.data.registry import DATASETS, load_dataset, native_shape
+from trainer.data.snapshot import SNAPSHOT_PREFIX
 from trainer.labelstudio.annotator import SIMULATED_KINDS
-from trainer.labelstudio.client import connect
+from trainer.labelstudio.client import connect, export_tasks
 from trainer.labelstudio.link import connect_project, read_link
 from trainer.labelstudio.loop import run_loop
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
+from trainer.labelstudio.snapshot import create_snapshot, parse_project_ref
 from trainer.runs.distributed import DistEnv, train_rounds
 from trainer.runs.ledger import FEEDBACK_MODES
 from trainer.runs.run import Run, RunConfig, with_overrides
@@ -32,7 +34,19 @@ def register(sub) -> None:
     p.add_argument(
         "--dataset",
         default=RunConfig.dataset,
-        help="a built-in dataset (`hitl datasets`), folder:PATH (one folder per class) or csv:PATH",
+        help="a built-in dataset (`hitl datasets`), folder:PATH (one folder per class), csv:PATH, or "
+        "labelstudio:PROJECT (a project id or URL: its labelled tasks, snapshotted into the run)",
+    )
+    p.add_argument(
+        "--label-studio-url",
+        default=None,
+        help="with labelstudio:PROJECT: the server (default: LABEL_STUDIO_URL; the key is LABEL_STUDIO_API_KEY)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="with labelstudio:PROJECT: the seeded stratified test share, unless tasks carry split in their data",
     )
     p.add_argument(
         "--model",
@@ -98,8 +112,10 @@ def register(sub) -> None:
 
 def _init(args) -> int:
     channels, size = args.channels, args.image_size
+    if args.dataset.startswith(SNAPSHOT_PREFIX):
+        args.dataset = _snapshot(args)
     if channels is None or size is None:  # read from the data (a user's files: their headers)
-        native_channels, native_size = native_shape(args.dataset)
+        native_channels, native_size = native_shape(args.dataset, root=args.run_dir)
         channels, size = channels or native_channels, size or native_size
     config = with_overrides(
         RunConfig(), dataset=args.dataset, model=args.model or default_model(channels, size), image_size=size,
@@ -112,6 +128,25 @@ def _init(args) -> int:
     run = Run.create(args.run_dir, config)
     print(f"run {run.directory}: {len(run.datasets[0])} training images, classes {run.classes}, grid {run.grid.shape}")
     return 0
+
+
+def _snapshot(args) -> str:
+    """Snapshot the team's project into the run directory (``trainer.labelstudio.snapshot``); the dataset name."""
+    if args.train_fraction != 1:
+        raise ValueError("--train-fraction is not for a labelstudio: dataset: label fewer tasks instead")
+    project_id, url = parse_project_ref(args.dataset, args.label_studio_url)
+    url = url or os.environ.get("LABEL_STUDIO_URL")
+    client = connect(url)
+    config_path = args.run_dir / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()).get("dataset") != f"{SNAPSHOT_PREFIX}{project_id}":
+        raise ValueError(f"{args.run_dir} already holds a run with another dataset; use a new directory")
+    report = create_snapshot(args.run_dir, client, url.rstrip("/"), project_id, export_tasks(client, project_id),
+                             seed=args.seed, test_fraction=args.test_fraction)  # fmt: skip
+    head, *details = report.lines()
+    print(f"project {project_id} on {url}: {head}")
+    for line in details:
+        print(line, file=sys.stderr)
+    return f"{SNAPSHOT_PREFIX}{project_id}"
 
 
 def _datasets(args) -> int:

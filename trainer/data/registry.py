@@ -1,5 +1,6 @@
 """The dataset registry: one dict of built-in datasets that validates a name and dispatches to its loader,
-plus the ``folder:PATH`` / ``csv:PATH`` specs for user data on disk.
+plus the ``folder:PATH`` / ``csv:PATH`` specs for user data on disk and ``labelstudio:PROJECT``, a team's project
+as the run directory's snapshot (``trainer.data.snapshot``: read from ``root``, the run directory).
 
 Shape legend: N images, C channels, H x W pixels.
 
@@ -19,8 +20,9 @@ from torch.utils.data import Dataset
 from trainer.data.benchmarks import builtin_spec, decoy_mnist
 from trainer.data.confounders import PAINTERS
 from trainer.data.files import load_user_dataset, probe_shape
+from trainer.data.snapshot import SNAPSHOT_PREFIX, load_snapshot, snapshot_shape
 
-USER_PREFIXES = ("folder:", "csv:")
+USER_PREFIXES = ("folder:", "csv:", SNAPSHOT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -60,26 +62,34 @@ def check_dataset(name: str) -> str:
     """``name`` when it is a built-in or a user spec; else a ValueError listing the choices."""
     if name in DATASETS or (isinstance(name, str) and name.startswith(USER_PREFIXES)):
         return name
-    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, 'folder:PATH' or 'csv:PATH'")
+    raise ValueError(
+        f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, 'folder:PATH', 'csv:PATH' "
+        "or 'labelstudio:PROJECT'"
+    )
 
 
 def load_dataset(
-    name: str, *, size: int | None = None, seed: int = 0, channels: int | None = None, **opts
+    name: str, *, size: int | None = None, seed: int = 0, channels: int | None = None, root=None, **opts
 ) -> tuple[Dataset, Dataset]:
-    """(train, test) for a built-in name or a user spec ``folder:PATH`` / ``csv:PATH``."""
+    """(train, test) for a built-in name, a user spec ``folder:PATH`` / ``csv:PATH``, or ``labelstudio:PROJECT``
+    (the snapshot in run directory ``root``; its split is the snapshot's, ``seed`` does not change it)."""
     check_dataset(name)
     if name in DATASETS:
         return DATASETS[name].load(size=size, channels=channels, seed=seed)
+    if name.startswith(SNAPSHOT_PREFIX):
+        return load_snapshot(name, root, size=size or 224, channels=channels or 3, **opts)
     return load_user_dataset(name, size=size or 224, channels=channels or 3, seed=seed, **opts)
 
 
-def native_shape(name: str) -> tuple[int, int]:
+def native_shape(name: str, *, root=None) -> tuple[int, int]:
     """``(channels, size)`` of a dataset as it is: a built-in's default, or what a user's files are (their
-    headers: greyscale or colour, median shorter side up to 224 px)."""
+    headers: greyscale or colour, median shorter side up to 224 px); a snapshot's are in run directory ``root``."""
     check_dataset(name)
     if name in DATASETS:
         c, h, _ = DATASETS[name].shape
         return c, h
+    if name.startswith(SNAPSHOT_PREFIX):
+        return snapshot_shape(root)
     train, _ = load_user_dataset(name, size=8, channels=1, on_error="skip")
     return probe_shape(list(train.paths))
 

@@ -240,6 +240,17 @@ def fetch_annotations(
     Cancelled (skipped) annotations come back with ``was_cancelled`` set and their result dropped, so the
     caller records them as skips. ``progress(tasks read, tasks in the project)`` is called after each task.
     """
+    tasks = export_tasks(client, project_id)
+    records = []
+    for done, task in enumerate(tasks, 1):
+        records += annotation_records(project_id, task, sample_key=sample_key)
+        if progress is not None:
+            progress(done, len(tasks))
+    return sorted(records, key=lambda r: (r.task_id, r.annotation_id))
+
+
+def export_tasks(client: LabelStudio, project_id: int) -> list[dict]:
+    """Every task of the project with its data and submitted annotations: Label Studio's JSON export."""
     _check_project(client, project_id)  # a missing project is a clear 404, not an empty export
     body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True))
     try:
@@ -248,14 +259,13 @@ def fetch_annotations(
         raise RuntimeError(f"Label Studio's export of project {project_id} is not JSON ({len(body)} bytes)") from exc
     if not isinstance(tasks, list):
         raise RuntimeError(f"Label Studio's export of project {project_id} is not a list of tasks")
-    records = []
-    for done, task in enumerate(tasks, 1):
-        sample_id = _sample_id(task.get("data") or {}, sample_key, task["id"])
-        for ann in task.get("annotations") or []:
-            records.append(_record(project_id, int(task["id"]), sample_id, ann))
-        if progress is not None:
-            progress(done, len(tasks))
-    return sorted(records, key=lambda r: (r.task_id, r.annotation_id))
+    return tasks
+
+
+def annotation_records(project_id: int, task: dict, *, sample_key: str = SAMPLE_ID_KEY) -> list[AnnotationRecord]:
+    """The annotations of one exported task, in the export's order."""
+    sample_id = _sample_id(task.get("data") or {}, sample_key, task["id"])
+    return [_record(project_id, int(task["id"]), sample_id, ann) for ann in task.get("annotations") or []]
 
 
 def _check_project(client: LabelStudio, project_id: int):

@@ -8,18 +8,26 @@ Studio replaces its old cells, and one deleted there stops counting. A malformed
 invalid (task, annotation, reason) and left out; the others still land. Pulls of one ledger take turns
 (``Ledger.pull_lock``): each reads its export and applies it before the next one reads, so an older export
 never lands last. Results are rasterised before the write transaction, which stays short.
+
+A run made from a team's project (``hitl init RUN --dataset labelstudio:PROJECT``) syncs its snapshot first
+(``trainer.labelstudio.snapshot``: changed labels, newly labelled tasks) and maps the project's tasks, which carry
+no sample id in their data, to their sample ids through the snapshot, so marks given there become W. Annotations
+that still reach no sample id are ``ignored``, and a warning says on which tasks and why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from label_config.names import SAMPLE_ID_KEY
 from label_config.rasterise import AnnotationFeedback, parse_annotation, regions_without_cells
 from trainer.core.checks import check_choice
 from trainer.core.feedback import Feedback
 from trainer.core.progress import progress_bar
-from trainer.labelstudio.client import AnnotationRecord, fetch_annotations
+from trainer.data.snapshot import SNAPSHOT_PREFIX
+from trainer.labelstudio.client import AnnotationRecord, annotation_records, export_tasks
 from trainer.labelstudio.retry import activity
+from trainer.labelstudio.snapshot import SyncReport, sync_snapshot, test_task_ids, train_sample_ids
 from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
 
@@ -41,7 +49,9 @@ class PullReport:
     ``skipped`` counts the new or updated ones that give no feedback (cancelled, or the skip choice);
     ``ignored`` tasks without a sample id (imported by someone else); ``invalid`` names each bad one, and
     ``invalidated`` counts those that were valid before (their old cells stop counting); ``warnings`` names
-    regions that mark no cells (a type no image tool makes, or a label that is not irrelevant-like)."""
+    regions that mark no cells (a type no image tool makes, or a label that is not irrelevant-like), tasks
+    ignored and the snapshot's problems; ``snapshot`` is the sync of a run made from the project (None for any
+    other run)."""
 
     new: int = 0
     updated: int = 0
@@ -52,6 +62,7 @@ class PullReport:
     invalid: tuple[InvalidAnnotation, ...] = ()
     invalidated: int = 0
     warnings: tuple[str, ...] = ()
+    snapshot: SyncReport | None = field(default=None, compare=False)
     feedback: Feedback = field(default_factory=Feedback, repr=False, compare=False)
 
     @property
@@ -69,7 +80,8 @@ class PullReport:
     def lines(self) -> list[str]:
         """The summary, then a line per invalid annotation and per warning: what ``hitl pull``, ``hitl run`` and
         the backend's "Start Training" print or log."""
-        return ([f"pulled {self.summary()}"] + [f"  invalid annotation: {e}" for e in self.errors]
+        head = [f"pulled {self.summary()}"] + ([] if self.snapshot is None else [self.snapshot.lines()[0]])
+        return (head + [f"  invalid annotation: {e}" for e in self.errors]
                 + [f"  warning: {w}" for w in self.warnings])  # fmt: skip
 
     def counts(self) -> dict[str, int]:
@@ -91,17 +103,63 @@ def pull(run: Run, client, project_id: int, *, mode: str = "union", progress: bo
             progress_bar(enabled=progress, desc="pull", unit="task") as bar,
             activity(f"pull of project {project_id}'s annotations"),
         ):
-            records = fetch_annotations(client, project_id, progress=lambda done, total: _advance(bar, done, total))
+            tasks = export_tasks(client, project_id)
+            records = []
+            for done, task in enumerate(tasks, 1):
+                records += annotation_records(project_id, task)
+                _advance(bar, done, len(tasks))
+            records.sort(key=lambda r: (r.task_id, r.annotation_id))
+            synced = _sync(run, client, project_id, tasks)
+        records, ignored = _map_sample_ids(run, records, synced)
         # Only pulls write annotations and they take turns: the versions read here hold until the write below.
         parsed = _parse_changed(run, records, ledger.annotation_versions())
         warnings = [f"task {r.task_id}, annotation {r.annotation_id}: {what} mark no cells"
                     for r in records for what in sorted(set(_region_kinds(r)))]  # fmt: skip
+        warnings += ignored + ([] if synced is None else synced.warnings())
+        extra = [] if synced is None else [InvalidAnnotation(**i) for i in synced.invalid]
         with ledger.transaction():
             report = _apply(run, records, parsed, project_id)
-            report = replace(report, warnings=tuple(warnings))
+            report = replace(report, warnings=tuple(warnings), invalid=report.invalid + tuple(extra), snapshot=synced)
             ledger.record_pull(project_id, started_at=started, counts=report.counts(), warnings=warnings,
                                invalid=[vars(i) for i in report.invalid])  # fmt: skip
     return replace(report, feedback=ledger.feedback(run.grid, mode))
+
+
+def _sync(run: Run, client, project_id: int, tasks: list[dict]) -> SyncReport | None:
+    """Sync the run's snapshot when the run was made from this project; the run then reloads its datasets."""
+    if run.config.dataset != f"{SNAPSHOT_PREFIX}{project_id}":
+        return None
+    report = sync_snapshot(run.data_root, client, project_id, tasks)
+    run.reload_datasets()
+    return report
+
+
+def _map_sample_ids(run: Run, records: list[AnnotationRecord], synced: SyncReport | None):
+    """(records with the snapshot's sample ids on the project's tasks, a warning per kind of task ignored)."""
+    ids, test = ({}, set()) if synced is None else (train_sample_ids(run.data_root), test_task_ids(run.data_root))
+    records = [replace(r, sample_id=ids[r.task_id]) if r.sample_id is None and r.task_id in ids else r
+               for r in records]  # fmt: skip
+    lost = [r for r in records if r.sample_id is None]
+    on_test = [r for r in lost if r.task_id in test]
+    others = [r for r in lost if r.task_id not in test]
+    warnings = []
+    if on_test:
+        warnings.append(f"{_tasks(on_test, 'test tasks')} ignored: test images give no feedback")
+    if others and synced is None:
+        warnings.append(
+            f"{_tasks(others, 'tasks')} ignored: their data has no {SAMPLE_ID_KEY!r} (tasks this run did "
+            "not push; to train on a team's own project: `hitl init RUN --dataset labelstudio:PROJECT`)"
+        )
+    elif others:
+        warnings.append(f"{_tasks(others, 'tasks')} ignored: not in the snapshot (no single class label, or an "
+                        "unreadable image: see the snapshot's lines)")  # fmt: skip
+    return records, warnings
+
+
+def _tasks(records: list[AnnotationRecord], kind: str, shown: int = 10) -> str:
+    ids = sorted({r.task_id for r in records})
+    head = ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+    return f"{len(records)} annotations on {len(ids)} {kind} ({head})"
 
 
 def _advance(bar, done: int, total: int) -> None:

@@ -140,10 +140,20 @@ class Run:
 
     @cached_property
     def datasets(self):
-        """(train, test) datasets, loaded once per process; train is the config's ``train_fraction`` of the split."""
+        """(train, test) datasets, loaded once per process (``reload_datasets`` drops them); train is the config's
+        ``train_fraction`` of the split."""
         c = self.config
-        train, test = load_dataset(c.dataset, size=c.image_size, seed=c.seed, channels=c.channels)
+        train, test = load_dataset(c.dataset, size=c.image_size, seed=c.seed, channels=c.channels, root=self.data_root)
         return train_fraction(train, c.train_fraction, seed=c.seed), test
+
+    @property
+    def data_root(self) -> Path:
+        """Where a dataset kept in a run directory lives (``labelstudio:``): this run's, or its twin's original."""
+        return self.directory.parent / self.config.twin_of if self.config.twin_of else self.directory
+
+    def reload_datasets(self) -> None:
+        """Forget the loaded datasets: the next use reads them again (a snapshot synced by a pull)."""
+        self.__dict__.pop("datasets", None)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -177,7 +187,7 @@ class Run:
         if "datasets" in self.__dict__:  # already loaded (training): no second load
             classes, shape = tuple(self.classes), self.image_shape
         else:  # the backend: the dataset's facts, loaded once per process
-            classes, shape = _data_facts(c.dataset, c.image_size, c.channels, c.seed)
+            classes, shape = _data_facts(c.dataset, c.image_size, c.channels, c.seed, str(self.data_root))
         return {"model": c.model, "num_classes": len(classes), "in_channels": shape[0], "image_size": shape[1],
                 "classes": list(classes)}  # fmt: skip
 
@@ -296,7 +306,10 @@ class Run:
         """The round's record (metrics on the test set), then the ledger (the feedback it trained with), the
         checkpoint and the history entry. The ledger comes first and is keyed by round: a crash before the
         checkpoint retrains the round and rewrites the same rows."""
-        _, test = self.datasets
+        train, test = self.datasets
+        # A snapshot of a Label Studio project says which sync of its labels the round trained on.
+        revision = getattr(getattr(train, "base", train), "revision", None)
+        data = {} if revision is None else {"data_revision": revision, "train_images": len(train)}
         record = {
             "round": round_,
             "model_version": self.model_version(round_),
@@ -309,6 +322,7 @@ class Run:
             "confusion": confusion_matrix(
                 model, test, len(self.classes), device=next(model.parameters()).device
             ).tolist(),
+            **data,
             **extra,
             **result.to_dict(),
         }
@@ -369,9 +383,11 @@ class Run:
 
 
 @functools.lru_cache(maxsize=16)
-def _data_facts(dataset: str, image_size: int | None, channels: int | None, seed: int) -> tuple[tuple, tuple]:
-    """(classes, (C, H, W)) of a dataset as a run loads it; cached so a backend loads it once per process."""
-    train, _ = load_dataset(dataset, size=image_size, seed=seed, channels=channels)
+def _data_facts(dataset: str, image_size: int | None, channels: int | None, seed: int,
+                root: str) -> tuple[tuple, tuple]:  # fmt: skip
+    """(classes, (C, H, W)) of a dataset as a run loads it; cached so a backend loads it once per process (a
+    snapshot's classes and shape are fixed at init; a sync changes only tasks and labels)."""
+    train, _ = load_dataset(dataset, size=image_size, seed=seed, channels=channels, root=root)
     return tuple(train.classes), tuple(train.image_shape)
 
 
