@@ -46,7 +46,7 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-check: lint
+check: lint ls-env  # test_compose reads the installed Label Studio
 	$(BIN)/python -m pytest -q -m "not labelstudio and not browser and not slow" $(PYTEST_ARGS)
 
 # Resolve both environments afresh (newest versions the ranges in pyproject.toml allow) and pin what resolved.
