@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from label_studio_sdk.label_interface import LabelInterface
 from lxml import etree
 
 from label_config.names import CELL_POINT, CELL_RECT, LABEL_CHECK, MODEL_LOOKS_HERE, SKIP
+
+if TYPE_CHECKING:
+    from label_studio_sdk.label_interface import LabelInterface
 
 # Region tools over an image whose labels can mark where the model must (not) look, in the order a prediction
 # prefers them: a rectangle pre-fills one grid cell exactly; a brush needs RLE masks.
@@ -280,6 +282,10 @@ def parse_project_config(xml: str, *, class_control: str | None = None) -> Proje
     """
     root = _canonical_tree(xml)
     try:
+        # Imported here: the data layer reaches this module (csv: of a Label Studio export), and the benchmarks
+        # run on a GPU machine without label-studio-sdk (scripts/offline_cli.py); only parsing a config needs it.
+        from label_studio_sdk.label_interface import LabelInterface
+
         interface = LabelInterface(etree.tostring(root, encoding="unicode"))
     except Exception as exc:  # the SDK raises bare Exception subclasses
         raise ProjectConfigError(f"label-studio-sdk could not parse the config: {exc}") from exc

@@ -159,6 +159,7 @@ def test_status_against_label_studio(fresh_run, ls_client, label_studio, monkeyp
     assert "budget: 2 of 3 images annotated (67%): 3 per round x 1 round" in text
 
 
+@pytest.mark.slow
 def test_status_shows_the_last_pull_and_its_invalid_annotations(offline_run, capsys):
     run, _ = offline_run
     assert main(["status", str(run.directory)]) == 0

@@ -266,14 +266,19 @@ def test_class_control_index_prefers_stored_strings():
     assert control.index("B") == 0 and control.index("A") == 0 and control.index("C") == 1
 
 
-# Valid XML characters only: check_classes refuses control characters, not U+FFFE/U+FFFF or surrogates.
+# Names check_classes accepts: it refuses what the config's XML cannot carry (tests/label_config/test_class_names.py).
 NAMES = (
-    st.text(
-        st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="$\ufffe\uffff"), min_size=1, max_size=12
-    )
+    st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="$"), min_size=1, max_size=12)
     .map(str.strip)
     .filter(bool)
+    .filter(lambda name: not any(_refused(ch) for ch in name))
 )
+
+
+def _refused(ch: str) -> bool:
+    """Noncharacters (U+FDD0..U+FDEF, U+xFFFE/U+xFFFF in every plane), DEL and the C1 controls."""
+    code = ord(ch)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE or 0x7F <= code <= 0x9F
 
 
 @settings(max_examples=60, deadline=None)

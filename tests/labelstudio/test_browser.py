@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_config.names import CELL_RECT_LABEL
+from label_config.names import MODEL_LOOKS_HERE
 from tests.browser import PICTURES, labelling_page
 from trainer.labelstudio.link import connect_project
 from trainer.labelstudio.push import push
@@ -47,6 +47,6 @@ def test_pushed_task_shows_overlay_and_suggested_regions(fresh_run, ls_client, l
     for shown, path in zip(pictures, files):
         np.testing.assert_allclose(shown["mean"], _mean_rgb(path), atol=1.0)
     assert np.abs(_mean_rgb(files[0]) - _mean_rgb(files[1])).max() > 5
-    # The prediction's top-k cells are listed as suggested regions of the rectangle tool.
+    # The prediction's top-k cells are listed as suggested regions of the rectangle tool, labelled neutrally.
     assert len(regions) == run.config.top_k
-    assert all(CELL_RECT_LABEL in text for text in regions)
+    assert all(MODEL_LOOKS_HERE in text for text in regions)

@@ -115,6 +115,7 @@ def _task_ids_touched(requests) -> set:
     return {m.group(1) for _, path in requests if (m := _TASK_PATH.fullmatch(path))}
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_touch_only_the_served_projects_tasks(backend, recorder):
     app, client = backend
     _, seen = recorder

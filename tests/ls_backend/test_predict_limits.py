@@ -56,6 +56,7 @@ def added_mib(n: int) -> float:
     return out["added_mib"]
 
 
+@pytest.mark.slow
 def test_predict_memory_is_flat_in_the_number_of_tasks():
     """8 times the tasks, (nearly) the same memory: main stacked every task at once (64 tasks: +102 MiB, 512:
     +536 MiB measured); in chunks of 16 both stay near 50 MiB."""

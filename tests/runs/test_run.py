@@ -112,6 +112,7 @@ def test_one_trainer_at_a_time_per_run(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_a_round_trains(tmp_path):
     run = Run.create(tmp_path / "run", RunConfig())
     code = (

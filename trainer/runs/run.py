@@ -41,6 +41,7 @@ from trainer.core.models import build_model
 from trainer.core.sampling import SamplingConfig, predict_probs, select
 from trainer.core.scores import confusion_matrix
 from trainer.data.registry import load_dataset, train_fraction
+from trainer.data.snapshot import SNAPSHOT_PREFIX
 from trainer.explain.metrics import test_irrelevant_share
 from trainer.runs.atomic import write_json
 from trainer.runs.checkpoint import (
@@ -187,7 +188,10 @@ class Run:
         if "datasets" in self.__dict__:  # already loaded (training): no second load
             classes, shape = tuple(self.classes), self.image_shape
         else:  # the backend: the dataset's facts, loaded once per process
-            classes, shape = _data_facts(c.dataset, c.image_size, c.channels, c.seed, str(self.data_root))
+            # Only a snapshot lives in the run: other datasets share one cache entry across runs (a backend test
+            # suite makes hundreds of runs of one dataset; each miss loads it again).
+            root = str(self.data_root) if c.dataset.startswith(SNAPSHOT_PREFIX) else ""
+            classes, shape = _data_facts(c.dataset, c.image_size, c.channels, c.seed, root)
         return {"model": c.model, "num_classes": len(classes), "in_channels": shape[0], "image_size": shape[1],
                 "classes": list(classes)}  # fmt: skip
 
@@ -387,7 +391,7 @@ def _data_facts(dataset: str, image_size: int | None, channels: int | None, seed
                 root: str) -> tuple[tuple, tuple]:  # fmt: skip
     """(classes, (C, H, W)) of a dataset as a run loads it; cached so a backend loads it once per process (a
     snapshot's classes and shape are fixed at init; a sync changes only tasks and labels)."""
-    train, _ = load_dataset(dataset, size=image_size, seed=seed, channels=channels, root=root)
+    train, _ = load_dataset(dataset, size=image_size, seed=seed, channels=channels, root=root or None)
     return tuple(train.classes), tuple(train.image_shape)
 
 
