@@ -1,12 +1,13 @@
 """The HTTP contract of label-studio-ml 2.x on Flask 3: same routes, same JSON, thin handlers.
 
 GET /health (and /)  {"status": "UP", "model_class", "model_version", "skipped_checkpoints", "training": {...},
-                     "last_pull"}
+                     "last_pull"}; a backend with a run per project: "projects": {id: {"model_version",
+                     "skipped_checkpoints", "last_pull"}} and model_version null
 POST /setup          {"project", "schema", "extra_params"} -> {"model_version"}
 POST /predict        {"tasks", "project", "label_config", "params"} -> {"results": [one per task, [] if skipped],
                      "skipped": [{"task", "error"}] when some were}
 POST /webhook        {"action", "project": {"id", ...}} -> 201; START_TRAINING starts a round in the background
-GET /versions        {"versions": [...]}
+GET /versions        {"versions": [...]}; ?project=ID: that project's
 GET /metrics         Prometheus text: rounds trained, queue depth, last accuracy, training running, /predict latency
 
 Every error is JSON ``{"error": message}`` with a 4xx/5xx status; the server stays up.
@@ -32,14 +33,15 @@ from ls_backend.projects import LS_ID_MAX, label_studio_id
 
 
 def create_app(config: BackendConfig, *, preload: bool = False) -> Flask:
-    """The backend for one run directory. ``preload`` loads the newest checkpoint now (servers do;
-    tests leave it to the first /predict)."""
+    """The backend for a run directory or a folder of runs (``ls_backend.model``). ``preload`` loads the newest
+    checkpoint of a one-run backend now and starts the rounds a previous process left queued or cut off (servers
+    do; tests leave the model to the first /predict and call ``job.resume()`` themselves)."""
     model = SaliencyModel(config)
-    job = TrainingJob(
-        model.fit, auto_train_after=config.auto_train_after, state_path=model.run.directory / JOB_STATE_FILE
-    )
-    if preload and model.latest_version() is not None:
-        model.snapshot()
+    job = TrainingJob(model.fit, auto_train_after=config.auto_train_after, state_path=model.state_dir / JOB_STATE_FILE)
+    if preload:
+        if not model.several:
+            model.latest_version()
+        job.resume()
     app = Flask("ls_backend")
     app.json = StrictJSON(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes  # larger bodies: 413, before any parsing
@@ -98,9 +100,15 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
     def health():
         # model_version: the one /predict serves; skipped_checkpoints: newer files that failed to load, and why;
         # last_pull: what the newest pull (Start Training's too) read, its invalid annotations and warnings
-        return jsonify(status="UP", model_class=type(model).__name__, model_version=model.latest_version(),
-                       skipped_checkpoints=model.skipped(), training=job.status(),
-                       last_pull=model.run.ledger.last_pull())  # fmt: skip
+        if not model.several:
+            return jsonify(status="UP", model_class=type(model).__name__, model_version=model.latest_version(),
+                           skipped_checkpoints=model.skipped(), training=job.status(),
+                           last_pull=model.run.ledger.last_pull())  # fmt: skip
+        projects = {str(pid): {"model_version": m.latest_version() if m.loaded else _newest(m),
+                               "skipped_checkpoints": m.skipped(), "last_pull": m.run.ledger.last_pull()}
+                    for pid, m in model.models()}  # fmt: skip
+        return jsonify(status="UP", model_class=type(model).__name__, model_version=None, skipped_checkpoints=[],
+                       training=job.status(), projects=projects)  # fmt: skip
 
     @app.post("/setup")
     def setup():
@@ -150,12 +158,19 @@ def _install_routes(app: Flask, model: SaliencyModel, job: TrainingJob, metrics:
 
     @app.get("/versions")
     def versions():
-        return jsonify(versions=model.versions())
+        project = request.args.get("project")
+        return jsonify(versions=model.versions(_project_id(project) if project else None))
 
     @app.get("/metrics")
     def prometheus_metrics():
         body, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(body, headers={"Content-Type": content_type})
+
+
+def _newest(served) -> str | None:
+    """The newest checkpoint's model_version of a run whose model is not loaded (/health loads nothing)."""
+    found = served.versions()
+    return found[-1] if found else None
 
 
 def _install_errors(app: Flask) -> None:

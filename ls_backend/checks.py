@@ -32,10 +32,11 @@ def image_key(config: ProjectConfig) -> str:
     return image.data_key  # type: ignore[return-value]  # parse_project_config refuses an Image without one
 
 
-def class_order(config: ProjectConfig, classes: list[str]) -> list[int]:
+def class_order(config: ProjectConfig, classes: list[str], *, several: bool = False) -> list[int]:
     """For each of the model's classes, its index in the project's class control (a Choice matches by its value or
     its alias); a 422 listing both when the two are not the same classes. The order may differ: a folder dataset's
-    classes are its sorted subfolder names, a template's are in the order it lists them."""
+    classes are its sorted subfolder names, a template's are in the order it lists them. ``several``: the backend
+    keeps a run per project (the project's Choices changed since its run was made)."""
     options = config.classes.options
     found = {c: [i for i, o in enumerate(options) if c in (o.value, o.stored)] for c in classes}
     if len(options) == len(classes) and all(len(v) == 1 for v in found.values()):
@@ -43,10 +44,13 @@ def class_order(config: ProjectConfig, classes: list[str]) -> list[int]:
         if len(set(order)) == len(order):
             return order
     shown = [o.value if o.alias is None else f"{o.value} (alias {o.alias})" for o in options]
+    if several:
+        why = "a run's classes are fixed: the project's run was made with the others; remove its run directory"
+    else:
+        why = "train a run on this project's classes (this backend serves one run, for every project it serves)"
     raise BackendError(
         f"the project's classes (Choices {config.classes.name!r}: {shown}) are not the served model's classes "
-        f"{list(classes)}: train a run on this project's classes (this backend serves one run, for every project "
-        "it serves)",
+        f"{list(classes)}: {why}",
         422,
     )
 

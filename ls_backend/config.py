@@ -16,7 +16,11 @@ from pathlib import Path
 class BackendConfig:
     """How the backend runs.
 
-    model_dir: a run directory made by ``trainer.runs.run`` (its checkpoints are the models served).
+    model_dir: a run directory made by ``hitl init`` (its checkpoints are the models served to every project that
+    connects), or an existing folder that is not a run: then each project connected gets its own run in it
+    (``MODEL_DIR/project-<id>/``, made from the project's labels at its first "Start Training", with the settings in
+    ``MODEL_DIR/run-defaults.json`` when present). max_models: runs whose models stay loaded at once (``MAX_MODELS``;
+    the least recently used is unloaded first).
     label_studio_url / api_key: where relative task URLs (``/data/upload/...``) are fetched, with the key (a
     personal access token or a legacy token: ``trainer.labelstudio.auth``); the key is also how a training round
     pulls annotations.
@@ -53,6 +57,7 @@ class BackendConfig:
     max_predict_tasks: int = 1000
     overlay_queue: int = 1000  # overlays waiting for Label Studio (about 60-130 kB of PNG each at 224 px)
     overlay_queue_bytes: int = 64 * 2**20
+    max_models: int = 4  # resnet18 is ~45 MB of weights plus its DeepLIFT twin; a small CNN far less
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -62,7 +67,7 @@ class BackendConfig:
             raise ValueError(f"auto_train_after must be >= 0, got {self.auto_train_after}")
         if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
             raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
-        for name in ("predict_batch", "max_predict_tasks", "overlay_queue", "overlay_queue_bytes"):
+        for name in ("predict_batch", "max_predict_tasks", "overlay_queue", "overlay_queue_bytes", "max_models"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for network in self.image_networks:
@@ -77,11 +82,14 @@ class BackendConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BackendConfig:
         """From ``MODEL_DIR``, ``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_USER``,
         ``BASIC_AUTH_PASS``, ``AUTO_TRAIN_AFTER``, ``DEVICE``, ``PREDICT_BATCH``, ``MAX_PREDICT_TASKS``,
-        ``OVERLAY_QUEUE`` and ``OVERLAY_QUEUE_BYTES``; ``environ`` defaults to ``os.environ``."""
+        ``OVERLAY_QUEUE``, ``OVERLAY_QUEUE_BYTES`` and ``MAX_MODELS``; ``environ`` defaults to ``os.environ``."""
         env = os.environ if environ is None else environ
         model_dir = env.get("MODEL_DIR")
         if not model_dir:
-            raise ValueError("MODEL_DIR is not set: point it at a run directory (`hitl init`)")
+            raise ValueError(
+                "MODEL_DIR is not set: point it at a run directory (`hitl init`) or at a folder that "
+                "will hold a run per project"
+            )
         after = env.get("AUTO_TRAIN_AFTER", "0")
         try:
             auto_train_after = int(after)
@@ -107,7 +115,7 @@ class BackendConfig:
         return bool(self.basic_auth_user) or self.allow_unauthenticated
 
 
-LIMITS = ("PREDICT_BATCH", "MAX_PREDICT_TASKS", "OVERLAY_QUEUE", "OVERLAY_QUEUE_BYTES")
+LIMITS = ("PREDICT_BATCH", "MAX_PREDICT_TASKS", "OVERLAY_QUEUE", "OVERLAY_QUEUE_BYTES", "MAX_MODELS")
 
 
 def _int(env: Mapping[str, str], name: str) -> int:

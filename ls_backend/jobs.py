@@ -43,6 +43,8 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._active = False  # a worker thread owns the queue (set and cleared under the lock)
         self._pending: dict[int | None, None] = {}  # projects with a follow-up round queued, in order
+        self._running_project: int | None = None
+        self._note_lock = threading.Lock()
         self.rounds = 0
         self.coalesced = 0
         self.refused = 0
@@ -53,28 +55,51 @@ class TrainingJob:
         self.last_traceback: str | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
-        self._report_interrupted()
+        self._read_state()
 
-    def _report_interrupted(self) -> None:
-        """A round the previous backend process was training when it stopped is reported as failed."""
+    def _read_state(self) -> None:
+        """What the previous backend process left: a round it was training when it stopped (cut off: trained again,
+        resuming from the run's last saved state, and reported) and the rounds queued behind it, in order."""
         if self._state_path is None or not self._state_path.is_file():
             return
         try:
             state = json.loads(self._state_path.read_text())
         except (OSError, ValueError):
             return
+        if not isinstance(state, dict):
+            return
+        queued = [p for p in state.get("pending") or [] if p is None or isinstance(p, int)]
         if state.get("state") == "running":
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(state.get("started_at") or 0))
             self.last_error = (
                 f"Interrupted: the round for project {state.get('project')} started at {when} UTC "
-                "stopped with the backend; press Start Training to train it again"
+                "stopped with the backend; it is trained again from the run's last saved state"
             )
-            self._note("interrupted", state.get("project"))
+            queued.insert(0, state.get("project"))
+        for project_id in queued[: self.max_queued + 1]:
+            self._pending.setdefault(project_id, None)
+        self._note("interrupted" if state.get("state") == "running" else "idle", state.get("project"))
+
+    def resume(self) -> bool:
+        """Start the rounds the previous backend process left queued or cut off; whether any was."""
+        with self._lock:
+            if self._active or not self._pending:
+                return False
+            project_id = next(iter(self._pending))
+            del self._pending[project_id]
+            self._active = True
+            self._begin()
+            self._thread = threading.Thread(target=self._work, args=(project_id,), name="hitl-training", daemon=True)
+            self._thread.start()
+            return True
 
     def _note(self, state: str, project_id: int | None) -> None:
-        if self._state_path is not None:
+        """Write the job's state (the round running, the rounds queued); the newest write wins, never a mix."""
+        if self._state_path is None:
+            return
+        with self._note_lock:
             write_json(self._state_path, {"state": state, "project": project_id, "started_at": self.started_at,
-                                          "pid": os.getpid()})  # fmt: skip
+                                          "pending": list(self._pending), "pid": os.getpid()})  # fmt: skip
 
     @property
     def running(self) -> bool:
@@ -93,6 +118,7 @@ class TrainingJob:
                     self.refused += 1
                     return "queue full"
                 self._pending[project_id] = None
+                self._note("running", self._running_project)
                 return "queued"
             self._active = True
             self._begin()
@@ -126,6 +152,7 @@ class TrainingJob:
                 self._begin()
 
     def _round(self, project_id: int | None) -> None:
+        self._running_project = project_id
         self._note("running", project_id)
         try:
             version = self._train(project_id)

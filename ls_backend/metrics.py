@@ -1,4 +1,4 @@
-"""``GET /metrics`` in Prometheus' text format: the run's progress, the training job and /predict latency.
+"""``GET /metrics`` in Prometheus' text format: each run's progress, the training job and /predict latency.
 
 Each app owns a ``CollectorRegistry`` (never the process-wide default), so several apps in one process, as in
 the tests, keep apart. The run's and the job's state is read when Prometheus scrapes (a collector), so it is
@@ -65,16 +65,31 @@ class _RunCollector:
         self.model, self.job = model, job
 
     def collect(self) -> Iterator[Metric]:
-        run, status = self.model.run, self.job.status()
-        yield _gauge("hitl_rounds_trained", "Rounds the run has trained (its checkpoints)", run.current_round() + 1)
+        status = self.job.status()
+        # a backend on one run: unlabelled samples; with a run per project, one sample per project (label project)
+        runs = [("" if pid is None else str(pid), m) for pid, m in self.model.models()]
+        labels = [] if not self.model.several else ["project"]
+
+        def per_run(name: str, documentation: str, values) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, documentation, labels=labels)
+            for project, value in values:
+                family.add_metric([project] if labels else [], value)
+            return family
+
+        yield per_run("hitl_rounds_trained", "Rounds the run has trained (its checkpoints)",
+                      [(p, m.run.current_round() + 1) for p, m in runs])  # fmt: skip
         yield _gauge("hitl_training_queue_depth", "Follow-up training rounds queued behind the running one",
                      status["queued_rounds"])  # fmt: skip
         yield _gauge("hitl_training_running", "1 while the backend trains a round, else 0",
                      int(status["state"] == "running"))  # fmt: skip
-        history = run.history()
-        acc = history[-1].get("acc") if history else None
-        if acc is not None:  # no sample before a round has been evaluated: 0 would read as a real accuracy
-            yield _gauge("hitl_last_accuracy", "Test accuracy (0-1) of the newest trained round", acc)
+        accuracies = []
+        for project, served in runs:
+            history = served.run.history()
+            acc = history[-1].get("acc") if history else None
+            if acc is not None:  # no sample before a round has been evaluated: 0 would read as a real accuracy
+                accuracies.append((project, acc))
+        if accuracies:
+            yield per_run("hitl_last_accuracy", "Test accuracy (0-1) of the newest trained round", accuracies)
         rounds = CounterMetricFamily("hitl_backend_training_rounds", "Rounds this backend process trained")
         rounds.add_metric([], status["rounds"])
         yield rounds
@@ -90,10 +105,14 @@ class _RunCollector:
             yield overlays
         yield _gauge("hitl_overlay_queue", "Overlays waiting to be written into Label Studio", writer.queued)
         yield _gauge("hitl_overlay_queue_bytes", "PNG bytes of the overlays waiting", writer.queued_bytes)
-        version = self.model.latest_version()
-        if version is not None:
-            yield InfoMetricFamily("hitl_model", "The newest checkpoint's model_version",
-                                   value={"model_version": version})  # fmt: skip
+        if labels:
+            yield _gauge("hitl_models_loaded", "Runs whose model is loaded now (at most MAX_MODELS)",
+                         sum(m.loaded for _, m in runs))  # fmt: skip
+        for project, served in runs:
+            version = served.latest_version() if not labels or served.loaded else None
+            if version is not None:
+                value = {"model_version": version, **({"project": project} if labels else {})}
+                yield InfoMetricFamily("hitl_model", "The newest checkpoint's model_version", value=value)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -1,25 +1,30 @@
-"""The served model, as label-studio-ml examples shape it: one class with setup / predict / fit.
+"""The served models, as label-studio-ml examples shape them: one class with setup / predict / fit.
 
 Shape legend: N images (one per task), C channels, H x W pixels, G_h x G_w grid cells.
 
-The model is loaded once and replaced only when a newer checkpoint appears in the run directory. A
-training round builds its own model from the checkpoint file (``trainer.runs.run``), so the object that
-predicts is never the one being trained; predictions take a lock because captum hooks the model.
+``MODEL_DIR`` is either one run directory (``hitl init``; every project connected to the backend is served that
+run's model, and "Start Training" trains it: the demo's set-up) or a folder of runs, one per project: a project's
+run is ``MODEL_DIR/project-<id>/``, made at the project's first "Start Training" from its own labels
+(``trainer.labelstudio.project_run``), trained and versioned on its own. ``/predict`` and "Start Training" for one
+project never touch another's model. At most ``MAX_MODELS`` runs' models are loaded at once, the least recently used
+unloaded first. A round runs in its own process (``ls_backend.round``), never in the web worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from pathlib import Path
 
 import torch
-from torch import nn
 
 from label_config.config import display_px
-from label_config.grid import Grid
 from label_config.interface import ProjectConfig, ProjectConfigError
 from label_config.names import PREDICTION_KEY, PROBABILITY_KEY
 from label_config.suggest import prediction_result
@@ -33,49 +38,34 @@ from ls_backend.overlays import (
     overlay_key,
     overlay_png,
 )
-from ls_backend.projects import ServedProjects, label_studio_id
+from ls_backend.projects import PROJECTS_FILE, ServedProjects, label_studio_id
+from ls_backend.served import RunModel, Snapshot
 from trainer.core.models import autocast
 from trainer.data.view import model_view
 from trainer.explain.batch import explain_batch
-from trainer.explain.deeplift import DeepLiftTwin
 from trainer.explain.overlay import overlay_image
 from trainer.labelstudio.auth import LabelStudioAuth
 from trainer.labelstudio.client import connect
-from trainer.labelstudio.loop import training_round
-from trainer.runs.checkpoint import CheckpointError
 from trainer.runs.run import Run
 
 _log = logging.getLogger(__name__)
+RUN_DEFAULTS_FILE = "run-defaults.json"  # in a folder of runs: the settings of each new project's run
+PROJECT_RUN_PREFIX = "project-"
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One loaded checkpoint. ``stamp`` identifies the file version it came from (``_stamp``)."""
-
-    model: nn.Module
-    meta: dict
-    grid: Grid
-    stamp: tuple
-    twin: DeepLiftTwin  # built once per checkpoint: /predict reuses it
-
-    @property
-    def model_version(self) -> str:
-        return str(self.meta["model_version"])
+def is_run_directory(path: Path) -> bool:
+    return (Path(path) / "config.json").is_file()
 
 
 class SaliencyModel:
-    """Predicts with the newest checkpoint of a run directory and trains its next round."""
+    """Predicts with the newest checkpoint of each project's run and trains its next round."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
-        self.run = Run.open(config.model_dir)  # FileNotFoundError names a directory that is not a run
+        directory = config.model_dir
         # One per server: a personal access token's access token is cached across requests (AuthError: a bad key).
         self.auth = (LabelStudioAuth(config.label_studio_url, config.api_key)
                      if config.label_studio_url and config.api_key else None)  # fmt: skip
-        self._snapshot: Snapshot | None = None
-        self._refused: dict[str, tuple[tuple, str]] = {}  # file name -> (its stamp when it failed, why)
-        self._load_lock = threading.Lock()
-        self._predict_lock = threading.Lock()
         self.predicted_tasks = 0
         # The SDK client refreshes a personal access token itself.
         self.overlays = OverlayWriter(
@@ -83,84 +73,133 @@ class SaliencyModel:
             max_items=config.overlay_queue,
             max_bytes=config.overlay_queue_bytes,
         )
-        self.projects = ServedProjects(self.run)
+        self._lock = threading.Lock()
+        self._models: OrderedDict[int | None, RunModel] = OrderedDict()  # most recently used last
+        if is_run_directory(directory) or not directory.is_dir():
+            run = Run.open(directory)  # FileNotFoundError names a directory that is not a run
+            self.home: Path | None = None
+            self._single: RunModel | None = RunModel(run, config.device)
+            self.projects = ServedProjects(run.directory / PROJECTS_FILE, run)
+        else:
+            _log.info("MODEL_DIR %s is not a run directory: serving a run per project under it", directory)
+            self.home, self._single = directory, None
+            self.projects = ServedProjects(directory / PROJECTS_FILE)
+
+    # ------------------------------------------------------------------ which run serves which project
+    @property
+    def several(self) -> bool:
+        """Whether each project has its own run (MODEL_DIR is a folder of runs)."""
+        return self.home is not None
+
+    @property
+    def run(self) -> Run:
+        """The one run of a backend whose MODEL_DIR is a run directory."""
+        if self._single is None:
+            raise AttributeError("this backend serves a run per project: use run_for(project_id)")
+        return self._single.run
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the backend keeps its own state (served projects, the training queue)."""
+        return self.home if self.home is not None else self.run.directory
+
+    def run_dir(self, project_id: int | None) -> Path:
+        """The run directory that serves ``project_id``."""
+        if self._single is not None:
+            return self._single.run.directory
+        pid = label_studio_id(project_id)
+        if pid is None:
+            raise BackendError("this backend serves a run per project: the request must name its project", 400)
+        return self.home / f"{PROJECT_RUN_PREFIX}{pid}"  # type: ignore[operator]
+
+    def model_for(self, project_id: int | None) -> RunModel:
+        """The model of ``project_id``'s run (opened on first use, loaded on demand; at most ``max_models`` stay
+        loaded, the least recently used unloaded first). 503 when a served project has no run yet, 403 when the
+        project is not served (a folder of runs makes none for a project that never connected)."""
+        if self._single is not None:
+            return self._single
+        directory = self.run_dir(project_id)
+        with self._lock:
+            found = self._models.get(project_id)
+            if found is None:
+                if not self.projects.serves(project_id):
+                    raise BackendError(f"project {project_id} is not served by this backend: connect the backend "
+                                       "to it in the project's settings (Label Studio calls /setup)", 403)  # fmt: skip
+                if not is_run_directory(directory):
+                    raise BackendError(f"no trained model yet for project {project_id}: label some tasks and press "
+                                       "Start Training (the project's run is made from its labels)", 503)  # fmt: skip
+                found = self._models[project_id] = RunModel(Run.open(directory), self.config.device)
+            self._models.move_to_end(project_id)
+            loaded = [m for m in self._models.values() if m.loaded and m is not found]
+            for old in loaded[: max(0, len(loaded) - self.config.max_models + 1)]:
+                old.unload()
+        return found
+
+    def models(self) -> list[tuple[int | None, RunModel]]:
+        """(project, model) of every run this backend has: the one run, or each served project's that exists."""
+        if self._single is not None:
+            return [(None, self._single)]
+        found = []
+        for pid in self.projects.ids():
+            try:
+                found.append((pid, self.model_for_status(pid)))
+            except BackendError:
+                continue
+        return found
+
+    def model_for_status(self, project_id: int) -> RunModel:
+        """``model_for`` without loading or reordering anything (for /health and /metrics)."""
+        with self._lock:
+            found = self._models.get(project_id)
+            if found is not None:
+                return found
+        directory = self.run_dir(project_id)
+        if not is_run_directory(directory):
+            raise BackendError(f"project {project_id} has no run yet", 503)
+        with self._lock:
+            return self._models.setdefault(project_id, RunModel(Run.open(directory), self.config.device))
 
     # ------------------------------------------------------------------ versions
-    def latest_version(self) -> str | None:
-        """The model_version /predict serves (the newest checkpoint that loads; loaded now if none is yet), so
-        /health, /setup and /predict name the same one; None before any checkpoint loads."""
+    def latest_version(self, project_id: int | None = None) -> str | None:
+        """The model_version /predict serves for ``project_id`` (any project of a one-run backend); None before any
+        checkpoint loads, or for a project without a run yet."""
         try:
-            return self.snapshot().model_version
+            return self.model_for(project_id).latest_version() if self.served_or_single(project_id) else None
         except BackendError:
             return None
 
-    def versions(self) -> list[str]:
-        """Every checkpoint's model_version, oldest first, less those that failed to load."""
-        return [self.run.model_version(r) for r, p in self.run.checkpoints() if not self._still_refused(p)]
+    def served_or_single(self, project_id) -> bool:
+        return self._single is not None or label_studio_id(project_id) is not None
+
+    def versions(self, project_id: int | None = None) -> list[str]:
+        if self._single is None and project_id is None:
+            return [v for _, m in self.models() for v in m.versions()]
+        try:
+            return self.model_for(project_id).versions()
+        except BackendError:
+            return []
 
     def skipped(self) -> list[str]:
-        """Why each checkpoint newer than the served one is not served (files named relative to the run)."""
-        served = -1 if self._snapshot is None else int(self._snapshot.meta["round"])
-        return [self._refused[p.name][1] for r, p in self.run.checkpoints() if r >= served and self._still_refused(p)]
-
-    def _still_refused(self, path) -> bool:
-        entry = self._refused.get(path.name)
-        return entry is not None and entry[0] == _stamp(path)
-
-    def snapshot(self) -> Snapshot:
-        """The newest checkpoint that loads, reloaded only when a checkpoint file changed. A file that fails to
-        load (truncated, a directory, a link out of the run, another run's meta) is skipped with a warning, once
-        per version of the file, and the model already served stays served."""
-        found = self.run.checkpoints()
-        current = self._snapshot
-        if current is not None and found and _stamp(found[-1][1]) == current.stamp:
-            return current
-        with self._load_lock:
-            current = self._snapshot
-            for round_, path in reversed(found):
-                stamp = _stamp(path)
-                if current is not None and stamp == current.stamp:
-                    return current
-                if not self._still_refused(path):
-                    try:
-                        self._snapshot = self._load(round_, stamp)
-                        return self._snapshot
-                    except (CheckpointError, OSError) as exc:  # OSError: the file went away while being read
-                        _log.warning("not serving %s", exc)
-                        self._refused[path.name] = (stamp, str(exc))
-                if current is not None and round_ == int(current.meta["round"]):
-                    return current  # its file went bad: the copy in memory is still good (a deleted one: older)
-            if current is not None:
-                return current
-        if not found:
-            raise BackendError(f"no trained model yet: {self.run.checkpoint_dir} holds no checkpoint", 503)
-        raise BackendError("no checkpoint can be served: " + "; ".join(self.skipped()), 503)
-
-    def _load(self, round_: int, stamp) -> Snapshot:
-        model, meta = self.run.load_checkpoint(round_)  # verified: this run's file, meta and round
-        model.to(self.config.device).eval()
-        size, ch = meta["image_size"], meta["in_channels"]
-        twin = DeepLiftTwin(model, torch.zeros(1, ch, size, size, device=self.config.device))
-        return Snapshot(model, meta, self._grid(meta), stamp, twin)
-
-    def _grid(self, meta: dict) -> Grid:
-        size, grid = meta["image_size"], meta.get("grid")
-        return Grid(size, size, grid["rows"], grid["cols"]) if grid else self.run.grid
+        return [line for _, m in self.models() for line in m.skipped()]
 
     # ------------------------------------------------------------------ the three verbs
     def setup(self, label_config: str | None, project_id: int | None = None) -> str | None:
-        """Check that the project's config can be served (an Image with a Choices over it, whose classes are the
-        served model's) and keep it as the config of the project this backend now serves; the model_version."""
+        """Check that the project's config can be served (an Image with a Choices over it, whose classes are its
+        model's) and keep it as the config of a project this backend now serves; the model_version."""
         if label_config is not None:
             config = project_config(label_config)
-            if (snap := self._served_or_none()) is not None:
+            if self.several and label_studio_id(project_id) is None:
+                raise BackendError("this backend serves a run per project: /setup must name its project", 400)
+            if (snap := self._served_or_none(project_id)) is not None:
                 class_order(config, snap.meta["classes"])
             self.projects.remember(project_id, label_config)
-        return self.latest_version()
+        return self.latest_version(project_id)
 
-    def _served_or_none(self) -> Snapshot | None:
+    def _served_or_none(self, project_id) -> Snapshot | None:
         try:
-            return self.snapshot()
+            if self._single is not None:
+                return self._single.snapshot()
+            return self.model_for_status(project_id).snapshot()
         except BackendError:
             return None
 
@@ -182,8 +221,9 @@ class SaliencyModel:
             )
         config = project_config(label_config)
         key = image_key(config)
-        snap = self.snapshot()
-        order = class_order(config, snap.meta["classes"])
+        served = self.model_for(project_id)
+        snap, run = served.snapshot(), served.run
+        order = class_order(config, snap.meta["classes"], several=self.several)
         overlay = self._overlay_target(project_id)
         outcome = PredictOutcome()
         for start in range(0, len(tasks), self.config.predict_batch):
@@ -197,9 +237,9 @@ class SaliencyModel:
             answers: dict[int, list | dict] = {i: [] for i in range(len(chunk))}
             if read:
                 images = torch.stack([view for _, view in read])  # (B, C, H, W)
-                with self._predict_lock, autocast(self.run.config.train.precision, self.config.device):
-                    found = explain_batch(snap.model, images, snap.grid, method=self.run.config.saliency,
-                                          top_k=self.run.config.top_k, twin=snap.twin)  # fmt: skip
+                with served.lock, autocast(run.config.train.precision, self.config.device):
+                    found = explain_batch(snap.model, images, snap.grid, method=run.config.saliency,
+                                          top_k=run.config.top_k, twin=snap.twin)  # fmt: skip
                 good = []
                 for j, (i, _) in enumerate(read):
                     try:
@@ -282,19 +322,48 @@ class SaliencyModel:
             raise BackendError(f"task {tid}: {exc}", 422) from exc
 
     def fit(self, project_id: int | None) -> str:
-        """Train one round (pulling the project's annotations when Label Studio is configured); the new
-        model_version. Runs in the background job, never inside a request."""
-        client = None
-        if self.config.label_studio_url and self.config.api_key and project_id is not None:
-            client = connect(self.config.label_studio_url, self.config.api_key)
-        return training_round(self.run, label_studio=client, project_id=project_id if client else None)
+        """Train one round for ``project_id`` in its own process (``ls_backend.round``: pulling the project's
+        annotations when Label Studio is configured; a folder of runs makes the project's run at its first round);
+        the new model_version. Runs in the background job, never inside a request. Its log lines are relayed into
+        this process's log; a failed round raises with the worker's last line."""
+        directory = self.run_dir(project_id)
+        command = [sys.executable, "-m", "ls_backend.round", os.fspath(directory)]
+        if project_id is not None and self.config.label_studio_url and self.config.api_key:
+            command += ["--project", str(project_id)]
+        elif self.several:
+            raise ValueError(f"project {project_id}: a run per project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+                             " to read the project's labels")  # fmt: skip
+        if self.home is not None:
+            command += ["--defaults", os.fspath(self.home / RUN_DEFAULTS_FILE)]
+        env = {k: v for k, v in os.environ.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+        if self.config.label_studio_url and self.config.api_key:
+            env.update(LABEL_STUDIO_URL=self.config.label_studio_url, LABEL_STUDIO_API_KEY=self.config.api_key)
+        return run_worker(command, env, project_id)
 
 
-def _stamp(path) -> tuple:
-    """What tells one version of a checkpoint file from the next (an atomic write makes a new inode); a
-    dangling link or a vanished file gets its own stamp rather than an error."""
+def run_worker(command: list[str], env: dict[str, str], project_id: int | None) -> str:
+    """Run one round's process to its end; its model_version (the last stdout line). Its stderr lines (``LEVEL
+    message``) are logged here at their level, as they come."""
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:  # fmt: skip
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        last = ""
+        for line in proc.stderr:  # type: ignore[union-attr]
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            level, _, message = line.partition(" ")
+            number = logging.getLevelName(level)
+            _log.log(number if isinstance(number, int) else logging.INFO, "round for project %s: %s", project_id,
+                     message if isinstance(number, int) else line)  # fmt: skip
+            last = line
+        reader.join()
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(last.removeprefix("ERROR ") or f"the round's process exited with status {code}")
     try:
-        st = os.stat(path)
-    except OSError:
-        return (os.fspath(path), None)
-    return (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        return str(json.loads(out[-1])["model_version"])
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"the round's process ended without a model_version ({exc})") from exc

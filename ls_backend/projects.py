@@ -1,8 +1,9 @@
 """The Label Studio projects this backend serves, and what it may write into them.
 
 A project is served when Label Studio connected it (``/setup``, which carries the project's config) or when it is
-the run's own linked project (``trainer.labelstudio.link``). The configs from ``/setup`` are kept in the run
-directory (``RUN/backend-projects.json``), so a restarted backend still knows them. Writes into Label Studio
+the run's own linked project (``trainer.labelstudio.link``, a backend on one run). The configs from ``/setup`` are
+kept in the backend's directory (``MODEL_DIR/backend-projects.json``: the run, or the folder of runs), so a restarted
+backend still knows them. Writes into Label Studio
 (``ls_backend.overlays``) go only to served projects, under the overlay key of the config stored here, never one
 named by a request.
 """
@@ -32,11 +33,11 @@ def label_studio_id(value) -> int | None:
 
 
 class ServedProjects:
-    """Project id -> the label config Label Studio sent to ``/setup`` for it, persisted in the run directory."""
+    """Project id -> the label config Label Studio sent to ``/setup`` for it, persisted in ``path``."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.path = run.directory / PROJECTS_FILE
+    def __init__(self, path: Path, run: Run | None = None) -> None:
+        self.run = run  # a backend on one run also serves the run's linked project
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._configs: dict[int, str] = _load(self.path)
         self._parsed: dict[int, ProjectConfig] = {}
@@ -60,8 +61,13 @@ class ServedProjects:
             return False
         if pid in self._configs:
             return True
-        link = read_link(self.run)
+        link = None if self.run is None else read_link(self.run)
         return link is not None and link.project_id == pid
+
+    def ids(self) -> list[int]:
+        """The projects connected through ``/setup``, in id order."""
+        with self._lock:
+            return sorted(self._configs)
 
     def config(self, project_id: int) -> ProjectConfig | None:
         """The parsed config ``/setup`` stored for the project; None when it never came through ``/setup``."""

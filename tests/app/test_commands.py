@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from trainer.app.cli import main
+from trainer.runs.create import default_model
 from trainer.runs.run import Run
 
 
@@ -57,8 +58,6 @@ def test_datasets_lists_the_family(capsys):
 @pytest.mark.parametrize("channels, size, expect", [(1, 28, "small-cnn"), (3, 112, "resnet18"), (1, 64, "resnet18"),
                                                     (3, 28, "resnet18")])  # fmt: skip
 def test_default_model_follows_the_images(channels, size, expect):
-    from trainer.app.commands import default_model
-
     assert default_model(channels, size) == expect
 
 

@@ -122,11 +122,12 @@ def test_start_training_logs_and_records_the_pulls_invalid_annotations_and_warni
     task_ids = push(run, client, link.project_id, n=2, document_root=link.document_root)
     polygon_id = annotate_as_browser(client, task_ids[0], [point(g, 1, 1), POLYGON])
     bad_id = annotate_as_browser(client, task_ids[1], malformed(g)["x of 401 digits"])
-    # "Start Training" as Label Studio sends it, to the backend serving the run's linked project
+    # "Start Training" as Label Studio sends it, to the backend serving the run's linked project; the round runs in
+    # its own process, whose log the backend relays into its own (ls_backend.model)
     app = create_app(BackendConfig(model_dir=run.directory, label_studio_url=label_studio.url,
                                    api_key=label_studio.token))  # fmt: skip
     web = app.test_client()
-    with caplog.at_level(logging.INFO, logger="trainer.labelstudio.loop"):
+    with caplog.at_level(logging.INFO, logger="ls_backend.model"):
         started = web.post("/webhook", json={"action": "START_TRAINING", "project": {"id": link.project_id}})
         assert started.status_code == 201, started.json
         assert app.extensions["hitl"]["job"].wait(300)

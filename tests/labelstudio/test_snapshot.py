@@ -51,9 +51,10 @@ def choice(label: str) -> dict:
     return {"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
 
 
-def make_team_project(label_studio, ls_client) -> tuple[int, dict[int, int], list[int]]:
+def make_team_project(label_studio, ls_client, *, flip: bool = False) -> tuple[int, dict[int, int], list[int]]:
     """(project id, task id -> class given, unlabelled task ids): ``LABELLED`` tasks labelled through the API,
-    ``UPLOADS`` of them uploaded files and the rest Local Files, and ``UNLABELLED`` tasks nobody labelled."""
+    ``UPLOADS`` of them uploaded files and the rest Local Files, and ``UNLABELLED`` tasks nobody labelled.
+    ``flip``: a team that calls the left-bright pictures B (the same images, the other labels)."""
     n = next(_PROJECTS)
     project = ls_client.projects.create(title=f"team project {n}", label_config=TEAM_CONFIG)
     folder = label_studio.document_root / f"team-{n}"
@@ -75,6 +76,7 @@ def make_team_project(label_studio, ls_client) -> tuple[int, dict[int, int], lis
     assert len(task_ids) == LABELLED + UNLABELLED
     given = {}
     for task_id, label in zip(task_ids[:LABELLED], truth):
+        label = 1 - label if flip else label
         ls_client.annotations.create(id=task_id, result=[choice(CLASSES[label])])
         given[task_id] = label
     return project.id, given, task_ids[LABELLED:]

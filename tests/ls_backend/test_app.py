@@ -334,7 +334,7 @@ def test_predict_without_a_checkpoint_is_503(tmp_path):
 
 def test_model_loaded_once_and_reloaded_only_for_a_newer_checkpoint(run):
     app, client = make_client(run)
-    model = app.extensions["hitl"]["model"]
+    model = app.extensions["hitl"]["model"].model_for(None)
     client.post("/predict", json=predict_body(digit_uri(0)))
     first = model._snapshot
     client.post("/predict", json=predict_body(digit_uri(1)))

@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer.app.status import RunStatus, gather
 from trainer.core.checks import check_choice, check_int
 from trainer.data.files import write_folder
-from trainer.data.registry import DATASETS, load_dataset, native_shape
+from trainer.data.registry import DATASETS, load_dataset
 from trainer.data.snapshot import SNAPSHOT_PREFIX
 from trainer.labelstudio.annotator import SIMULATED_KINDS
 from trainer.labelstudio.client import connect, export_tasks
@@ -21,11 +21,10 @@ from trainer.labelstudio.loop import run_loop
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 from trainer.labelstudio.snapshot import create_snapshot, parse_project_ref
+from trainer.runs.create import GRID_CELLS, new_run_config
 from trainer.runs.distributed import DistEnv, train_rounds
 from trainer.runs.ledger import FEEDBACK_MODES
-from trainer.runs.run import Run, RunConfig, with_overrides
-
-GRID_CELLS = 7  # cells per side when --cell-px is not given (4 px cells at 28 px, as Decoy-MNIST is tuned)
+from trainer.runs.run import Run, RunConfig
 
 
 def register(sub) -> None:
@@ -111,16 +110,11 @@ def register(sub) -> None:
 
 
 def _init(args) -> int:
-    channels, size = args.channels, args.image_size
     if args.dataset.startswith(SNAPSHOT_PREFIX):
         args.dataset = _snapshot(args)
-    if channels is None or size is None:  # read from the data (a user's files: their headers)
-        native_channels, native_size = native_shape(args.dataset, root=args.run_dir)
-        channels, size = channels or native_channels, size or native_size
-    config = with_overrides(
-        RunConfig(), dataset=args.dataset, model=args.model or default_model(channels, size), image_size=size,
-        channels=channels, cell_px=args.cell_px or max(1, size // GRID_CELLS), seed=args.seed,
-        saliency=args.saliency, top_k=args.top_k, weights=args.weights,
+    config = new_run_config(
+        args.dataset, args.run_dir, channels=args.channels, image_size=args.image_size, model=args.model,
+        cell_px=args.cell_px, seed=args.seed, saliency=args.saliency, top_k=args.top_k, weights=args.weights,
         train_fraction=args.train_fraction,
         **{"train.epochs": args.epochs, "train.lam": args.lam, "train.replay": args.replay,
            "train.device": args.device, "sampling.strategy": args.strategy, "sampling.per_round": args.per_round},
@@ -172,11 +166,6 @@ def _datasets(args) -> int:
         )
     print("user data: folder:PATH (one folder per class) or csv:PATH (ISIC-2017, APTOS-2019, image,label)")
     return 0
-
-
-def default_model(channels: int, size: int) -> str:
-    """A small CNN for MNIST-sized grey images, torchvision's resnet18 for RGB or larger images."""
-    return "small-cnn" if channels == 1 and size <= 32 else "resnet18"
 
 
 def _train(args) -> int:
