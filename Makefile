@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
 LS_VERSION := 1.23.2
+MOTO_VENV := .venv-moto
 BIN := $(VENV)/bin
 # Small models and a busy 2-core machine: one torch thread per process is several times faster here.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test check lint env ls-env browser experiment lock clean
+.PHONY: demo test check lint env ls-env moto-env browser experiment lock clean
 
 env: $(VENV)/.installed
 ls-env: $(LS_VENV)/.installed
+moto-env: $(MOTO_VENV)/.installed
 
 # One resolution for every dependency (label-studio-sdk's opencv pins numpy < 2.3; a second pip call can break it).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -28,6 +30,14 @@ $(LS_VENV)/.installed: constraints-ls.txt
 	$(LS_VENV)/bin/python -m pip install -q -c constraints-ls.txt label-studio==$(LS_VERSION)
 	touch $@
 
+# moto's standalone S3 server, for the cloud storage tests (tests/s3.py): its own environment, since moto needs
+# python-dateutil < 3 and ours pins 4.
+$(MOTO_VENV)/.installed: constraints-moto.txt
+	test -x $(MOTO_VENV)/bin/python || $(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MOTO_VENV)/bin/python -m pip install -q -c constraints-moto.txt 'moto[server]>=5'
+	touch $@
+
 # Headless Chromium for the browser test, from Debian's packages (never a browser download).
 browser:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
@@ -37,7 +47,7 @@ browser:
 demo: env ls-env
 	$(BIN)/hitl demo $(DEMO_ARGS)
 
-test: env ls-env browser
+test: env ls-env moto-env browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Lint, format and types first (they fail in seconds), then every test that needs no server and no browser.
@@ -53,7 +63,8 @@ check: lint ls-env  # test_compose reads the installed Label Studio
 # Run `make test` afterwards: the files record what the suite passed with.
 LOCK_TMP := .lock-tmp
 lock:
-	rm -rf $(LOCK_TMP) && $(PYTHON) -m venv $(LOCK_TMP)/app && $(PYTHON) -m venv $(LOCK_TMP)/ls
+	rm -rf $(LOCK_TMP) && $(PYTHON) -m venv $(LOCK_TMP)/app && $(PYTHON) -m venv $(LOCK_TMP)/ls && \
+	  $(PYTHON) -m venv $(LOCK_TMP)/moto
 	$(LOCK_TMP)/app/bin/python -m pip install -q --upgrade pip
 	$(LOCK_TMP)/app/bin/python -m pip install -q -e '.[test]'
 	{ echo "# make lock: every version .venv was tested with (pip install -c constraints.txt -e '.[test]')"; \
@@ -62,6 +73,10 @@ lock:
 	$(LOCK_TMP)/ls/bin/python -m pip install -q label-studio==$(LS_VERSION)
 	{ echo "# make lock: every version .venv-ls was tested with (label-studio==$(LS_VERSION))"; \
 	  $(LOCK_TMP)/ls/bin/python -m pip freeze; } > constraints-ls.txt
+	$(LOCK_TMP)/moto/bin/python -m pip install -q --upgrade pip
+	$(LOCK_TMP)/moto/bin/python -m pip install -q 'moto[server]>=5'
+	{ echo "# make lock: every version .venv-moto was tested with (moto[server]; its own environment: it needs python-dateutil < 3)"; \
+	  $(LOCK_TMP)/moto/bin/python -m pip freeze; } > constraints-moto.txt
 	rm -rf $(LOCK_TMP)
 
 experiment: env

@@ -1,4 +1,4 @@
-"""Fetching a task's image: Label Studio uploads and local files, http(s) URLs and data URIs.
+"""Fetching a task's image: Label Studio uploads and local files, cloud storage URIs, http(s) URLs and data URIs.
 
 Label Studio gives the backend URLs as the task holds them: relative ones (``/data/upload/3/x.png``,
 ``/data/local-files/?d=images/x.png``) are served by Label Studio and need its API key, so they are
@@ -14,6 +14,13 @@ address its name resolves to, and every IPv4 address such an IPv6 one embeds, mu
 private, link-local, shared, reserved or multicast) unless it lies in one of the operator's ``IMAGE_NETWORKS``;
 the connection goes to the address that was checked (``ls_backend.transport``), never through an environment
 proxy, and the whole fetch has one deadline.
+
+A cloud storage URI (``s3://``, ``gs://``, ``azure-blob://``) is resolved by Label Studio for the task that holds
+it (``trainer.labelstudio.storage``): the presign request goes to Label Studio with the key; a redirect it answers
+with is fetched without the key, through the pinned session (so a storage on a private or loopback address needs
+its network in ``IMAGE_NETWORKS``), its host allowed for that one hop because Label Studio's storage named it, never
+because a task did; a further redirect from the storage follows the rules above, without the key. A 200 from Label
+Studio is the image itself (a storage that does not presign: Label Studio streams the object).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from ls_backend.transport import Deadline, InternalAddress, fetch_session
 from trainer.data.view import BadImageError, decode_image
 from trainer.labelstudio.auth import AuthError, LabelStudioAuth
 from trainer.labelstudio.origin import path_problem, scope_problem
+from trainer.labelstudio.storage import is_cloud_uri, is_presign_path, presign_refused, presign_url, storage_refused
 
 _kind = internal_kind  # the name the backend's tests know
 
@@ -103,6 +111,7 @@ def fetch_image_bytes(
     label_studio_url: str | None = None,
     api_key: str | None = None,
     auth: LabelStudioAuth | None = None,
+    task_id: int | None = None,
     timeout: float = 10.0,
     max_bytes: int = 50 * 2**20,
     image_hosts: tuple[str, ...] = (),
@@ -119,15 +128,20 @@ def fetch_image_bytes(
     internal service; every redirect hop is checked the same way, and after DNS every address of such a host must be
     public or in ``image_networks`` (CIDR strings, the operator's ``IMAGE_NETWORKS``). Failures to connect all read
     alike (no port scanning). ``session`` serves Label Studio's own URLs; other hosts go through a pinned session.
+
+    A cloud storage URI is resolved by Label Studio for task ``task_id`` (the module's docstring says how); the
+    storage's host named in Label Studio's redirect needs no ``image_hosts`` entry, its addresses are checked alike.
     """
     if isinstance(url, str) and url.startswith("data:"):
         return _data_uri_bytes(url, max_bytes)
     allowed = {h.lower() for h in image_hosts}
     auth = auth or _one_off_auth(label_studio_url, api_key)
+    start = _presign(url, task_id, label_studio_url, auth) if is_cloud_uri(url) else url
     with Deadline(timeout) as deadline, fetch_session(check=False) as direct, \
             fetch_session(tuple(ipaddress.ip_network(n) for n in image_networks)) as pinned:  # fmt: skip
+        hops = _Hops(url, start, label_studio_url, auth, allowed, max_bytes, deadline, session or direct, pinned)
         try:
-            return _fetch(url, label_studio_url, auth, allowed, max_bytes, deadline, session or direct, pinned)
+            return hops.fetch()
         except ImageError:
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -135,40 +149,101 @@ def fetch_image_bytes(
             raise ImageError(f"cannot fetch image {_short(url)!r}{late}", 502) from exc
 
 
-def _fetch(url: str, label_studio_url: str | None, auth: LabelStudioAuth | None, allowed: set[str], max_bytes: int,
-           deadline: Deadline, direct: requests.Session, pinned: requests.Session) -> bytes:  # fmt: skip
-    current, retried = url, False
-    hops = 0
-    while hops <= MAX_REDIRECTS:
-        absolute, ours = resolve_url(current, label_studio_url)
-        host = (parse_url(absolute).host or "").lower()
-        if not ours and host not in allowed:
-            raise ImageError(f"image URL {_short(url)!r} is on host {host!r}, which is neither Label Studio's nor "
-                             "in IMAGE_HOSTS", 422)  # fmt: skip
-        headers = _auth_headers(auth, url) if ours and auth else {}
-        left = deadline.left()
-        http = direct if ours else pinned
-        try:
-            with http.get(absolute, headers=headers, timeout=(max(0.1, left), max(0.1, left)), stream=True,
-                          allow_redirects=False) as resp:  # fmt: skip
-                if resp.is_redirect:
-                    current = urljoin(absolute, resp.headers.get("location", ""))
-                    hops += 1
-                    continue
-                if resp.status_code == 401 and ours and auth and not retried and auth.refused(headers):
-                    retried = True  # the cached access token died early (a server restart): once per token
-                    continue
-                if resp.status_code != 200:
-                    hint = " (check LABEL_STUDIO_API_KEY)" if ours and resp.status_code in (401, 403) else ""
-                    raise ImageError(f"fetching image {_short(url)!r} gave HTTP {resp.status_code}{hint}", 502)
-                return _read(resp, url, max_bytes, deadline)
-        except InternalAddress as exc:
-            raise ImageError(
-                f"image URL {_short(url)!r} is on host {host!r}, which resolves to {exc.address}, "
-                f"{exc.kind} address: allow its network in IMAGE_NETWORKS to fetch from it",
-                422,
-            ) from None
-    raise ImageError(f"image URL {_short(url)!r} redirects more than {MAX_REDIRECTS} times", 502)
+def _presign(uri: str, task_id, label_studio_url: str | None, auth: LabelStudioAuth | None) -> str:
+    """Label Studio's presign URL for the cloud ``uri`` of task ``task_id``; ImageError when it cannot be asked."""
+    if not label_studio_url or auth is None:
+        raise ImageError(f"image {_short(uri)!r} is in cloud storage, which only Label Studio can resolve: set "
+                         "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", 422)  # fmt: skip
+    if task_id is None:
+        raise ImageError(f"image {_short(uri)!r} is in cloud storage, resolved by Label Studio for its task, but the "
+                         "task has no id", 422)  # fmt: skip
+    try:
+        return presign_url(label_studio_url, task_id, uri)
+    except ValueError as exc:
+        raise ImageError(str(exc), 422) from None
+
+
+class _Hops:
+    """One fetch, hop by hop: ``start`` (``url`` itself, or Label Studio's presign URL for a cloud ``url``), then
+    at most ``MAX_REDIRECTS`` redirects, each judged by ``resolve_url`` and the host rules before it is sent."""
+
+    def __init__(self, url: str, start: str, label_studio_url: str | None, auth: LabelStudioAuth | None,
+                 allowed: set[str], max_bytes: int, deadline: Deadline, direct: requests.Session,
+                 pinned: requests.Session) -> None:  # fmt: skip
+        self.url, self.start, self.label_studio_url, self.auth = url, start, label_studio_url, auth
+        self.allowed, self.max_bytes, self.deadline = allowed, max_bytes, deadline
+        self.direct, self.pinned = direct, pinned
+        self.cloud = is_cloud_uri(url)
+        self.storage_host: str | None = None  # the host Label Studio's presign answer named: allowed for that hop
+        self.token = True  # no hop after the storage's carries the key
+
+    def fetch(self) -> bytes:
+        current, retried, hops = self.start, False, 0
+        while hops <= MAX_REDIRECTS:
+            try:
+                absolute, ours = resolve_url(current, self.label_studio_url)
+            except ImageError as exc:
+                if self.token:  # no presign answer so far: the URL is the task's, or a redirect's as before
+                    raise
+                # the message would quote the URL, a presigned one included (its signature is a credential)
+                raise ImageError(f"{self._where()} redirects to a URL that is not http(s) or cannot be parsed",
+                                 exc.status) from None  # fmt: skip
+            host = (parse_url(absolute).host or "").lower()
+            storage = self.storage_host is not None
+            if storage:
+                ours = False  # the presigned URL goes through the pinned session, without the key, wherever it is
+            elif not ours and host not in self.allowed:
+                raise ImageError(f"{self._where()} is on host {host!r}, which is neither Label Studio's nor in "
+                                 "IMAGE_HOSTS", 422)  # fmt: skip
+            headers = _auth_headers(self.auth, self.url) if ours and self.auth and self.token else {}
+            left = self.deadline.left()
+            try:
+                with (self.direct if ours else self.pinned).get(
+                    absolute, headers=headers, timeout=(max(0.1, left), max(0.1, left)), stream=True,
+                    allow_redirects=False,
+                ) as resp:  # fmt: skip
+                    if resp.is_redirect:
+                        current = urljoin(absolute, resp.headers.get("location", ""))
+                        presigned = hops == 0 and ours and self._presigns(absolute)
+                        self.storage_host = (parse_url(current).host or "").lower() if presigned else None
+                        self.token = self.token and not presigned
+                        hops += 1
+                        continue
+                    if resp.status_code == 401 and self.auth and headers and not retried and self.auth.refused(headers):
+                        retried = True  # the cached access token died early (a server restart): once per token
+                        continue
+                    if resp.status_code != 200:
+                        presign = hops == 0 and ours and self._presigns(absolute)
+                        raise ImageError(self._refused(resp.status_code, ours, storage, presign), 502)
+                    return _read(resp, self.url, self.max_bytes, self.deadline)
+            except InternalAddress as exc:
+                named = " (named by Label Studio's storage)" if storage else ""
+                raise ImageError(
+                    f"{self._where()} is on host {host!r}{named}, which resolves to {exc.address}, {exc.kind} "
+                    "address: allow its network in IMAGE_NETWORKS to fetch from it",
+                    422,
+                ) from None
+        raise ImageError(f"image URL {_short(self.url)!r} redirects more than {MAX_REDIRECTS} times", 502)
+
+    def _presigns(self, absolute: str) -> bool:
+        """Whether the first request asked Label Studio to resolve a cloud URI: the task's ``s3://`` (or the like),
+        or a link to Label Studio's resolver that the tasks API gave in its place."""
+        return self.cloud or is_presign_path(absolute, self.label_studio_url or "")
+
+    def _where(self) -> str:
+        """The fetch, as messages name it: the task's URL, never a presigned one (its signature is a credential)."""
+        if self.cloud or not self.token:
+            return f"image {_short(self.url)!r}, resolved by Label Studio,"
+        return f"image URL {_short(self.url)!r}"
+
+    def _refused(self, status: int, ours: bool, storage: bool, presign: bool) -> str:
+        """What an answer other than 200 means, by who gave it (``presign``: Label Studio's, to the presign)."""
+        if storage:
+            return storage_refused(self.url, self.storage_host or "", status)
+        if presign:
+            return presign_refused(self.url, status)
+        hint = " (check LABEL_STUDIO_API_KEY)" if ours and status in (401, 403) else ""
+        return f"fetching image {_short(self.url)!r} gave HTTP {status}{hint}"
 
 
 def _one_off_auth(label_studio_url: str | None, api_key: str | None) -> LabelStudioAuth | None:

@@ -311,7 +311,8 @@ class SaliencyModel:
         try:
             image = load_task_image(
                 task["data"][key], label_studio_url=self.config.label_studio_url, auth=self.auth,
-                timeout=self.config.image_timeout, max_bytes=self.config.max_image_bytes,
+                task_id=label_studio_id(task.get("id")), timeout=self.config.image_timeout,
+                max_bytes=self.config.max_image_bytes,
                 image_hosts=self.config.image_hosts, image_networks=self.config.image_networks,
             )  # fmt: skip
         except ImageError as exc:

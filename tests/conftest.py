@@ -41,6 +41,26 @@ def label_studio(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server on 127.0.0.1 behind a recording reverse proxy (``tests.s3``), with the bucket
+    ``tests.s3.BUCKET``. Fails, never skips, when moto's venv is missing (``make moto-env``)."""
+    from tests.s3 import BUCKET, S3Server, start_moto, start_proxy, stop_moto
+
+    try:
+        proc, moto_url = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    seen: list = []
+    proxy = start_proxy(moto_url, seen)
+    server = S3Server(moto_url, f"http://127.0.0.1:{proxy.server_port}", seen)
+    server.create_bucket(BUCKET)
+    yield server
+    proxy.shutdown()
+    proxy.server_close()
+    stop_moto(proc)
+
+
+@pytest.fixture(scope="session")
 def ls_client(label_studio):
     """A label-studio-sdk client logged in to the session's server with its legacy token."""
     from label_studio_sdk.client import LabelStudio

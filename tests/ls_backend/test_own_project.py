@@ -109,7 +109,7 @@ def test_classes_that_are_not_the_models_are_refused_naming_both(client, caplog)
 
 
 def test_a_batch_with_one_unreadable_task_predicts_the_others(client, caplog):
-    uris = [digit_uri(0), "s3://bucket/cat.png", digit_uri(1), digit_uri(2)]
+    uris = [digit_uri(0), "s3://bucket/cat.png", digit_uri(1), digit_uri(2), "ftp://files/cat.png"]
     request = body(*uris)
     del request["tasks"][3]["data"]["image"]  # a task without the image's key
     request["tasks"][3]["data"]["photo"] = "x"
@@ -117,13 +117,16 @@ def test_a_batch_with_one_unreadable_task_predicts_the_others(client, caplog):
         resp = client.post("/predict", json=request)
     assert resp.status_code == 200, resp.json
     results = resp.json["results"]
-    assert len(results) == 4 and results[1] == [] and results[3] == []  # one entry per task, in order
+    assert len(results) == 5 and results[1] == results[3] == results[4] == []  # one entry per task, in order
     assert all(r["result"][0]["type"] == "choices" for r in (results[0], results[2]))
     skipped = {s["task"]: s["error"] for s in resp.json["skipped"]}
-    assert "unsupported scheme 's3'" in skipped[11] and "no data key 'image'" in skipped[13]
+    # a cloud URI needs Label Studio to resolve it (this backend has no LABEL_STUDIO_URL: tests/ls_backend/
+    # test_cloud_storage.py reads them through a real one)
+    assert "'s3://bucket/cat.png' is in cloud storage, which only Label Studio can resolve" in skipped[11]
+    assert "no data key 'image'" in skipped[13] and "unsupported scheme 'ftp'" in skipped[14]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("task 11 skipped" in m and "s3" in m for m in warned)
-    assert any("task 13 skipped" in m for m in warned)
+    assert any("task 13 skipped" in m for m in warned) and any("task 14 skipped" in m for m in warned)
 
 
 def test_a_request_level_problem_stays_a_4xx(client):

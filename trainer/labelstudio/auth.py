@@ -30,6 +30,9 @@ import requests
 from trainer.labelstudio.origin import token_problem
 
 TokenKind = Literal["legacy", "pat", "access"]
+# A request extension: the caller takes a redirect answer itself (Label Studio's presign of a cloud URI answers 303)
+# and fetches its Location without the token; the client never follows one.
+REDIRECT_ANSWER = "hitl.redirect_answer"
 REFRESH_PATH = "/api/token/refresh/"
 REFRESH_EARLY_S = 30.0  # refresh this long before the access token's exp, so a slow request still carries a live one
 
@@ -213,8 +216,9 @@ class TokenAuth(httpx.Auth):
     """An httpx auth flow that puts ``auth``'s header on requests to its Label Studio only.
 
     A request elsewhere (``trainer.labelstudio.origin``) raises AuthError before anything is sent; a redirect
-    answer raises too (the token never follows one; the client must not follow redirects itself); a 401 is sent
-    once more with a refreshed access token when ``auth.refused`` says that may help.
+    answer raises too (the token never follows one; the client must not follow redirects itself), unless the request
+    carries the ``REDIRECT_ANSWER`` extension: its caller reads the Location and fetches it without the token. A 401
+    is sent once more with a refreshed access token when ``auth.refused`` says that may help.
     """
 
     requires_request_body = True  # a request is sent again after a refresh
@@ -234,7 +238,7 @@ class TokenAuth(httpx.Auth):
             sent = self.auth.headers()
             request.headers.update(sent)
             response = yield request
-            if response.is_redirect:
+            if response.is_redirect and not request.extensions.get(REDIRECT_ANSWER):
                 raise AuthError(f"Label Studio answered {request.method} {path[:80]} with HTTP {response.status_code} "
                                 f"to {response.headers.get('location', '?')[:100]!r}: a request that carries the "
                                 "token follows no redirect; set LABEL_STUDIO_URL to the address Label Studio "

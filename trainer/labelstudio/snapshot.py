@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from label_config.interface import class_from_result, parse_project_config
 from trainer.data.files import stratified_split
 from trainer.data.snapshot import MANIFEST, SNAPSHOT_PREFIX, read_manifest, snapshot_dir
-from trainer.labelstudio.fetch import TaskImageError, task_image
+from trainer.labelstudio.fetch import TaskImageError, storage_client, task_image
 from trainer.labelstudio.link import LINK_FILE, Link
 from trainer.runs.atomic import atomic_write, write_json
 
@@ -195,15 +195,16 @@ def _new_manifest(project_id: int, url: str | None, config, seed: int, test_frac
 def _download(run_dir: Path, client, key: str, data: dict[int, dict], task_ids: list[int]):
     """({task id: file name under the snapshot}, unreadable lines): each image fetched once."""
     fetched, unreadable = {}, []
-    for task_id in task_ids:
-        try:
-            blob, ext = task_image(client, task_id, data[task_id].get(key))
-        except TaskImageError as exc:
-            unreadable.append(f"{exc}: left out")
-            continue
-        name = f"images/{task_id}{ext}"
-        atomic_write(snapshot_dir(run_dir) / name, lambda tmp, blob=blob: tmp.write_bytes(blob))
-        fetched[task_id] = name
+    with storage_client() as storage:  # presigned URLs of cloud storage: no credentials (trainer.labelstudio.fetch)
+        for task_id in task_ids:
+            try:
+                blob, ext = task_image(client, task_id, data[task_id].get(key), storage=storage)
+            except TaskImageError as exc:
+                unreadable.append(f"{exc}: left out")
+                continue
+            name = f"images/{task_id}{ext}"
+            atomic_write(snapshot_dir(run_dir) / name, lambda tmp, blob=blob: tmp.write_bytes(blob))
+            fetched[task_id] = name
     return fetched, unreadable
 
 
