@@ -20,12 +20,18 @@ pytestmark = pytest.mark.labelstudio
 
 
 def upload(label_studio, project_id: int, names: list[str]) -> None:
-    """Import images as a browser's upload does: one multipart request, one field name per file."""
-    files = {}
+    """Upload a generated picture under each of ``names``."""
+    pictures = {}
     for n, name in enumerate(names):
         data = io.BytesIO()
         picture(500 + n, size=40).save(data, "PNG")
-        files[f"file{n}"] = (name, data.getvalue(), "image/png")
+        pictures[name] = data.getvalue()
+    upload_files(label_studio, project_id, pictures)
+
+
+def upload_files(label_studio, project_id: int, pictures: dict[str, bytes]) -> None:
+    """Import PNGs (name -> bytes) as a browser's upload does: one multipart request, one field name per file."""
+    files = {f"file{n}": (name, data, "image/png") for n, (name, data) in enumerate(pictures.items())}
     resp = requests.post(f"{label_studio.url}/api/projects/{project_id}/import", files=files,
                          headers={"Authorization": f"Token {label_studio.token}"}, timeout=60)  # fmt: skip
     assert resp.status_code == 201, resp.text
