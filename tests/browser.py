@@ -49,8 +49,10 @@ def chromium_page(*, width: int, height: int) -> Iterator:
 
 
 @contextlib.contextmanager
-def labelling_page(label_studio, project_id: int, task_id: int, *, width: int = 1400, height: int = 1000) -> Iterator:
-    """The labelling page of one task, logged in as the test server's user, once both pictures have decoded."""
+def labelling_page(label_studio, project_id: int, task_id: int, *, width: int = 1400, height: int = 1000,
+                   pictures: int = 2) -> Iterator:  # fmt: skip
+    """The labelling page of one task, logged in as the test server's user, once its ``pictures`` Image objects
+    (two in our own config: the task image and the overlay; one in the stock template) have decoded."""
     with chromium_page(width=width, height=height) as page:
         page.goto(f"{label_studio.url}/user/login/")
         page.fill("input[name=email]", label_studio.username)
@@ -58,5 +60,5 @@ def labelling_page(label_studio, project_id: int, task_id: int, *, width: int = 
         page.click("button[type=submit]")
         page.wait_for_url(lambda url: "/user/login" not in url)
         page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
-        page.wait_for_function(f"({PICTURES})().filter(p => p.width > 0).length === 2")
+        page.wait_for_function(f"({PICTURES})().filter(p => p.width > 0).length === {pictures}")
         yield page

@@ -51,12 +51,14 @@ def choice(label: str) -> dict:
     return {"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
 
 
-def make_team_project(label_studio, ls_client, *, flip: bool = False) -> tuple[int, dict[int, int], list[int]]:
+def make_team_project(label_studio, ls_client, *, flip: bool = False, config: str = TEAM_CONFIG,
+                      classes: list[str] = CLASSES) -> tuple[int, dict[int, int], list[int]]:  # fmt: skip
     """(project id, task id -> class given, unlabelled task ids): ``LABELLED`` tasks labelled through the API,
     ``UPLOADS`` of them uploaded files and the rest Local Files, and ``UNLABELLED`` tasks nobody labelled.
-    ``flip``: a team that calls the left-bright pictures B (the same images, the other labels)."""
+    ``flip``: a team that calls the left-bright pictures ``classes[1]`` (the same images, the other labels).
+    ``config``: the project's labelling config, whose Choices named ``choice`` are ``classes`` (two)."""
     n = next(_PROJECTS)
-    project = ls_client.projects.create(title=f"team project {n}", label_config=TEAM_CONFIG)
+    project = ls_client.projects.create(title=f"team project {n}", label_config=config)
     folder = label_studio.document_root / f"team-{n}"
     folder.mkdir(parents=True)
     truth = [k % 2 for k in range(LABELLED + UNLABELLED)]
@@ -77,7 +79,7 @@ def make_team_project(label_studio, ls_client, *, flip: bool = False) -> tuple[i
     given = {}
     for task_id, label in zip(task_ids[:LABELLED], truth):
         label = 1 - label if flip else label
-        ls_client.annotations.create(id=task_id, result=[choice(CLASSES[label])])
+        ls_client.annotations.create(id=task_id, result=[choice(classes[label])])
         given[task_id] = label
     return project.id, given, task_ids[LABELLED:]
 

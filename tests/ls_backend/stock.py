@@ -24,6 +24,13 @@ STOCK = """<View>
     <Choice value="Violence" />
   </Choices>
 </View>"""
+STOCK_IMAGE = '  <Image name="image" value="$image"/>\n'
+
+
+def stock_template(classes: list[str]) -> str:
+    """The same template over ``classes`` (a team's own): what a team's project holds before it adds anything."""
+    choices = "".join(f'    <Choice value="{c}"/>\n' for c in classes)
+    return f'<View>\n{STOCK_IMAGE}  <Choices name="choice" toName="image">\n{choices}  </Choices>\n</View>'
 
 
 def picture(seed: int, size: int = 28) -> Image.Image:

@@ -1,10 +1,12 @@
 """A team's own project in the real Label Studio: the stock image-classification template, three images uploaded
 as files and three as Local Files, the backend connected through Label Studio's API, and Label Studio's own
-"Retrieve Predictions" storing a class prediction (a ``choices`` result and a score) for every task."""
+"Retrieve Predictions" storing a class prediction (a ``choices`` result and a score) for every task; tasks the
+backend cannot read in the same request get none, and the rest still do."""
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import pytest
@@ -20,12 +22,18 @@ pytestmark = pytest.mark.labelstudio
 
 
 def upload(label_studio, project_id: int, names: list[str]) -> None:
-    """Import images as a browser's upload does: one multipart request, one field name per file."""
-    files = {}
+    """Upload a generated picture under each of ``names``."""
+    pictures = {}
     for n, name in enumerate(names):
         data = io.BytesIO()
         picture(500 + n, size=40).save(data, "PNG")
-        files[f"file{n}"] = (name, data.getvalue(), "image/png")
+        pictures[name] = data.getvalue()
+    upload_files(label_studio, project_id, pictures)
+
+
+def upload_files(label_studio, project_id: int, pictures: dict[str, bytes]) -> None:
+    """Import PNGs (name -> bytes) as a browser's upload does: one multipart request, one field name per file."""
+    files = {f"file{n}": (name, data, "image/png") for n, (name, data) in enumerate(pictures.items())}
     resp = requests.post(f"{label_studio.url}/api/projects/{project_id}/import", files=files,
                          headers={"Authorization": f"Token {label_studio.token}"}, timeout=60)  # fmt: skip
     assert resp.status_code == 201, resp.text
@@ -74,3 +82,31 @@ def test_label_studio_stores_a_class_prediction_for_every_task(label_studio, ls_
         (choice,) = pred.result  # the template has no region tool: the class is the prediction
         assert (choice["from_name"], choice["to_name"], choice["type"]) == ("choice", "image", "choices")
         assert choice["value"]["choices"][0] in STOCK_CLASSES and 0 <= choice["score"] <= 1
+
+
+def test_tasks_the_backend_cannot_read_get_no_prediction_and_the_others_do(label_studio, ls_client, backend_url,
+                                                                           caplog):  # fmt: skip
+    """One "Retrieve Predictions" over readable tasks, a Local Files image that is not on disk and an unsupported
+    URL: Label Studio stores a prediction for every readable task, none for the other two, and the backend's log
+    names each skipped task and why."""
+    url, _ = backend_url
+    project = ls_client.projects.create(title="stock image classification, unreadable tasks", label_config=STOCK)
+    upload(label_studio, project.id, ["r0.png"])
+    readable = local_files(label_studio, ls_client, project.id, ["r1.png"])
+    gone = local_file_url(label_studio.document_root / f"stock-{project.id}" / "gone.png", label_studio.document_root)
+    ftp = "ftp://example.invalid/cat.png"
+    ls_client.projects.import_tasks(id=project.id, request=[*readable, {"data": {"image": gone}},
+                                                            {"data": {"image": ftp}}])  # fmt: skip
+    tasks = {t.data["image"]: t.id for t in ls_client.tasks.list(project=project.id)}
+    assert len(tasks) == 4
+    ls_client.ml.create(project=project.id, url=url, title="hitl")
+    with caplog.at_level(logging.WARNING, logger="ls_backend"):
+        ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                                 selected_items={"all": True, "excluded": []})  # fmt: skip
+    predicted = sorted(p.task for p in ls_client.predictions.list(project=project.id))
+    unreadable = {tasks.pop(gone), tasks.pop(ftp)}
+    assert predicted == sorted(tasks.values())  # every readable task, in the same request as the unreadable ones
+    skipped = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "skipped" in r.getMessage()}
+    for task_id in unreadable:
+        assert any(f"task {task_id} skipped" in line for line in skipped), skipped
+    assert any("unsupported scheme 'ftp'" in line for line in skipped), skipped
