@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import requests
+from label_studio_sdk.core.api_error import ApiError
 from werkzeug.serving import make_server
 
 from ls_backend.app import create_app
@@ -110,3 +111,22 @@ def test_tasks_the_backend_cannot_read_get_no_prediction_and_the_others_do(label
     for task_id in unreadable:
         assert any(f"task {task_id} skipped" in line for line in skipped), skipped
     assert any("unsupported scheme 'ftp'" in line for line in skipped), skipped
+
+
+def test_a_config_without_choices_is_refused_where_label_studio_and_the_log_say_why(label_studio, ls_client,
+                                                                                    backend_url, caplog):  # fmt: skip
+    """Connecting a project whose config has no Choices fails in Label Studio (which shows only the 422), the
+    backend's log names the project and what is missing, and nothing of the project changes."""
+    url, _ = backend_url
+    config = ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+              '<Label value="Cat"/></RectangleLabels></View>')  # fmt: skip
+    project = ls_client.projects.create(title="boxes only", label_config=config)
+    ls_client.projects.import_tasks(id=project.id, request=local_files(label_studio, ls_client, project.id, ["c.png"]))
+    with caplog.at_level(logging.WARNING, logger="ls_backend"), pytest.raises(ApiError) as refused:
+        ls_client.ml.create(project=project.id, url=url, title="hitl")
+    assert refused.value.status_code == 400 and "422" in str(refused.value.body)  # all Label Studio tells the user
+    logged = [r.getMessage() for r in caplog.records if f"/setup for project {project.id} refused" in r.getMessage()]
+    assert logged and "no Choices control" in logged[0], logged
+    assert ls_client.projects.get(id=project.id).label_config == config  # the team's config is untouched
+    assert not list(ls_client.ml.list(project=project.id))  # no backend left half-connected
+    assert len(list(ls_client.tasks.list(project=project.id))) == 1
