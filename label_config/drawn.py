@@ -40,11 +40,12 @@ def drawn_regions(
     pieces = [np.asarray(p, dtype=bool) for p in pieces if np.any(p)]
     if not pieces:
         return []
+    values: list[dict] = []
     if control.tag == "brushlabels":
         union = np.logical_or.reduce(pieces)
-        values = [{"format": "rle", "rle": mask_to_rle(union, height, width)}]
+        values.append({"format": "rle", "rle": mask_to_rle(union, height, width)})
     else:
-        values = [{"points": points, "closed": True} for piece in pieces for points in mask_to_polygons(piece)]
+        values += [{"points": points, "closed": True} for piece in pieces for points in mask_to_polygons(piece)]
     if len(ids) < len(values):
         raise ValueError(f"{len(values)} regions to draw, {len(ids)} ids given")
     return [{

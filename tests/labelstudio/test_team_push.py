@@ -18,6 +18,7 @@ from trainer.app.status import gather
 from trainer.core.feedback import AnnotatorConfig, simulated_cells
 from trainer.labelstudio.annotator import simulate_annotator
 from trainer.labelstudio.client import connect
+from trainer.labelstudio.loop import asked_at, wait_for_annotations
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
 from trainer.labelstudio.push_team import LABEL_ITEM_ID, round_view_id
@@ -135,8 +136,11 @@ def test_accepting_every_prediction_unread_gives_no_w_and_changes_no_label(team)
     status = gather(run)
     assert (status.rounds[0].pushed, status.rounds[0].pending) == (PER_ROUND, PER_ROUND)  # the labels predate it
     labels = [int(y) for y in run.datasets[0].labels]
+    asked = asked_at(run, project, 0)
+    assert wait_for_annotations(client, project, task_ids, since=asked, deadline_s=0.5, poll_s=0.5, progress=False) == 0
     made = simulate_annotator(run, client, project, kind="accept", task_ids=task_ids)
     assert len(made) == PER_ROUND
+    assert wait_for_annotations(client, project, task_ids, since=asked, progress=False) == PER_ROUND
     for a in made:
         annotation = client.annotations.get(id=a)
         prediction = client.predictions.get(id=annotation.parent_prediction)
