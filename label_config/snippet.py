@@ -36,21 +36,30 @@ def _tool_tag(tool: str) -> str:
     return TOOLS[tool]
 
 
-def feedback_snippet(image: str = "image", *, tool: str = "rectangle", name: str = FEEDBACK_CONTROL) -> str:
+def feedback_snippet(
+    image: str = "image", *, tool: str | Sequence[str] = "rectangle", name: str = FEEDBACK_CONTROL
+) -> str:
     """The XML to paste after a config's ``<Image name=image ...>``: one ``<View>`` holding a header and a
-    region tool over that image with the two feedback labels. ``tool``: a key of ``TOOLS``."""
-    tag = _tool_tag(tool)
+    region tool over that image with the two feedback labels. ``tool``: a key of ``TOOLS``, or several (one
+    control each: the first named ``name``, the others ``<name>_<tool>``)."""
+    tools = [tool] if isinstance(tool, str) else list(tool)
+    tags = [_tool_tag(t) for t in tools]
     if not image or not name:
         raise ValueError(f"image and name must be non-empty, got image={image!r}, name={name!r}")
-    return (
-        "<View>\n"
-        '  <Header size="5" value="Feedback for the model (optional): mark what it must not use"/>\n'
-        f"  <{tag} name={_attr(name)} toName={_attr(image)}>\n"
+    if not tags or len(set(tools)) != len(tools):
+        raise ValueError(f"tool must name one or more different tools of {sorted(TOOLS)}, got {tool!r}")
+    controls = "".join(
+        f"  <{tag} name={_attr(name if i == 0 else f'{name}_{t}')} toName={_attr(image)}>\n"
         f'    <Label value={_attr(MUST_NOT_USE)} background="#D62728"/>\n'
         f'    <Label value={_attr(SHOULD_USE)} background="#2CA02C"/>\n'
         f'    <Label value={_attr(MODEL_LOOKS_HERE)} background="#1F77B4"/>\n'
         f"  </{tag}>\n"
-        "</View>"
+        for i, (t, tag) in enumerate(zip(tools, tags))
+    )
+    return (
+        "<View>\n"
+        '  <Header size="5" value="Feedback for the model (optional): mark what it must not use"/>\n'
+        f"{controls}</View>"
     )
 
 
@@ -70,7 +79,7 @@ def _indent(piece: etree._Element, indent: str) -> None:
                 setattr(el, attr, text.replace("\n", "\n" + indent))
 
 
-def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangle") -> str:
+def merge_snippet(xml: str, snippet: str | None = None, *, tool: str | Sequence[str] = "rectangle") -> str:
     """``xml`` with ``snippet`` (default: ``feedback_snippet`` over the config's class image) inserted right
     after the Image its region tool points at; comments, order and layout of the rest are kept.
 
@@ -110,7 +119,7 @@ def merge_snippet(xml: str, snippet: str | None = None, *, tool: str = "rectangl
     return etree.tostring(root, encoding="unicode")
 
 
-def starter_config(classes: Sequence[str], *, tool: str = "rectangle") -> str:
+def starter_config(classes: Sequence[str], *, tool: str | Sequence[str] = "rectangle") -> str:
     """A whole config for a team starting afresh: Label Studio's image-classification template over these
     classes (``$image``, Choices ``choice``) with the feedback tools merged in."""
     classes = check_classes(classes)

@@ -77,18 +77,28 @@ def prediction_result(
     *,
     scores: Sequence[float],
     display_px: int = 224,
+    label: tuple[int, float] | None = None,
 ) -> list[dict]:
-    """A prediction's ``result``: the class (``choices``, first, with ``probability`` as its score), then the
-    cells the model looks at in the config's feedback tool (none without one). scores: per cell, in [0, 1]."""
-    items = [choices_result(config, class_index, probability)]
+    """A prediction's ``result``: the class (``choices``, first), then the cells the model looks at in the config's
+    feedback tool (none without one). ``class_index`` / ``probability``: the model's predicted class and its
+    probability; scores: per cell, in [0, 1].
+
+    ``label``: ``(class index, the model's probability of it)`` of the label a task already carries (a team's
+    project asked for feedback on its own labelled tasks). The choice pre-filled is then that label, scored with
+    the model's probability of it, so an annotator who accepts the prediction unread changes nothing; the model's
+    own class and probability are said in each region's text. Without it the choice is the predicted class."""
+    chosen, chosen_p = (class_index, probability) if label is None else label
+    items = [choices_result(config, chosen, chosen_p)]
     tool = config.feedback
     if tool is None:
         return items
     shown = config.classes.options[class_index].value
     must_not = tool.irrelevant[0].value
+    what = f"for {shown}, p = {probability:.2f}"
+    if label is not None and label[0] != class_index:
+        what += f"; the label {config.classes.options[label[0]].value} has p = {label[1]:.2f}"
     texts = [
-        f"the model looks here (salient cell {rank} for {shown}, p = {probability:.2f}): "
-        f"relabel it {must_not!r} if the model must not use this"
+        f"the model looks here (salient cell {rank} {what}): relabel it {must_not!r} if the model must not use this"
         for rank in range(1, len(cells) + 1)
     ]
     return items + attention_regions(tool, cells, grid, scores=scores, texts=texts, display_px=display_px)

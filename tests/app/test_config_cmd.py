@@ -54,3 +54,14 @@ def test_hitl_config_errors_name_the_problem(tmp_path, capsys, argv, message):
 def test_config_text_needs_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one of --classes and --project-config"):
         config_text()
+
+
+def test_hitl_config_takes_several_tools(tmp_path, capsys):
+    path = tmp_path / "config.xml"
+    path.write_text(TEAM, encoding="utf-8")
+    assert main(["config", "--project-config", str(path), "--tool", "polygon", "brush"]) == 0
+    xml = capsys.readouterr().out
+    LabelInterface(xml).validate()
+    config = parse_project_config(xml)
+    expected = [(FEEDBACK_CONTROL, "polygonlabels", "photo"), (f"{FEEDBACK_CONTROL}_brush", "brushlabels", "photo")]
+    assert [(r.name, r.tag, r.to_name) for r in config.regions] == expected

@@ -136,7 +136,7 @@ def test_run_loop_refuses_bad_settings(tmp_path, kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"kind": "brush"}, "kind must be one of"),
+        ({"kind": "lasso"}, "kind must be one of"),
         ({"miss_rate": 1.5}, r"miss_rate must be in \[0, 1\]"),
     ],
 )

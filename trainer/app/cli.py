@@ -17,6 +17,7 @@ from trainer.app import (
     bench_predict,
     bench_pull,
     bench_round,
+    bench_team,
     commands,
     compare,
     config_cmd,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_round.add_parser(benches)
     bench_pull.add_parser(benches)
     bench_fold.add_parser(benches)
+    bench_team.add_parser(benches)
     bench_all.add_parser(benches)
     for entry in entry_points(group="hitl.commands"):
         entry.load()(sub, benches)

@@ -4,6 +4,7 @@ LABEL_STUDIO_API_KEY), and ``hitl status`` (where a run stands)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from trainer.core.checks import check_choice, check_int
 from trainer.data.files import write_folder
 from trainer.data.registry import DATASETS, load_dataset
 from trainer.data.snapshot import SNAPSHOT_PREFIX
-from trainer.labelstudio.annotator import SIMULATED_KINDS
+from trainer.labelstudio.annotator import SIMULATED_KINDS, parse_kinds
 from trainer.labelstudio.client import connect, export_tasks
 from trainer.labelstudio.link import connect_project, read_link
 from trainer.labelstudio.loop import run_loop
@@ -206,9 +207,11 @@ def _register_label_studio(sub) -> None:
         "--simulate",
         nargs="?",
         const="rect",
-        choices=SIMULATED_KINDS,
+        type=_kinds,
         default=None,
-        help="annotate with a simulated annotator (rectangles or points on the true decoy)",
+        help=f"annotate with a simulated annotator: {', '.join(SIMULATED_KINDS)}, or several comma-separated, taking "
+        "turns (rect/point: our config's cell tools; polygon/brush: a team project's feedback tools; accept: the "
+        "round's prediction unread)",
     )
     p.add_argument("--miss-rate", type=float, default=0.0, help="simulated annotator misses a decoy cell")
     p.add_argument(
@@ -234,6 +237,14 @@ def _register_label_studio(sub) -> None:
         help="the ML backend whose /health gives model_version (default: the project's connected one)",
     )
     p.set_defaults(func=_status)
+
+
+def _kinds(text: str) -> str:
+    try:
+        parse_kinds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _link_args(p) -> None:

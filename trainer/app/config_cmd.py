@@ -18,7 +18,7 @@ def config_text(
     *,
     classes: list[str] | None = None,
     project_config: str | None = None,
-    tool: str = "rectangle",
+    tool: str | list[str] = "rectangle",
     snippet_only: bool = False,
 ) -> str:
     """What ``hitl config`` prints; exactly one of ``classes`` and ``project_config`` (the XML). ValueError
@@ -43,6 +43,12 @@ def register(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--classes", nargs="+", metavar="CLASS", help="the project's classes, in order")
     source.add_argument("--project-config", type=Path, metavar="FILE", help="the project's config XML")
-    p.add_argument("--tool", choices=sorted(TOOLS), default="rectangle", help="the region tool (default: rectangle)")
+    p.add_argument(
+        "--tool",
+        choices=sorted(TOOLS),
+        nargs="+",
+        default=["rectangle"],
+        help="the region tool, or several (e.g. polygon brush: one control each; default: rectangle)",
+    )
     p.add_argument("--snippet", action="store_true", help="print only the snippet to paste after the Image")
     p.set_defaults(func=_run)

@@ -16,7 +16,7 @@ import statistics
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from label_config.rasterise import annotation_choices
 from trainer.labelstudio.client import (
@@ -28,6 +28,7 @@ from trainer.labelstudio.client import (
     user_emails,
 )
 from trainer.labelstudio.link import read_link
+from trainer.labelstudio.push_team import is_team_run
 from trainer.runs.ledger import LedgerAnnotation, PushedTask, utc_timestamp
 from trainer.runs.run import Run
 
@@ -162,11 +163,16 @@ def answers_from_ledger(rows: Iterable[LedgerAnnotation]) -> list[Answer]:
 def summarise(*, run: str, pushed: Sequence[PushedTask], answers: Sequence[Answer], counts_from: str,
               trained: Sequence[dict], per_round: int, budget_rounds: int | None, label_studio: LabelStudioStatus,
               training_pid: int | None = None, model_version: str | None = None, users: dict[int, str] | None = None,
-              backend: BackendStatus | None = None, last_pull: dict | None = None) -> RunStatus:  # fmt: skip
+              backend: BackendStatus | None = None, last_pull: dict | None = None,
+              since_pushed: bool = False) -> RunStatus:  # fmt: skip
     """The status from its facts. pushed: the ledger's tasks; answers: on any task (those not pushed are left
-    out); trained: the ledger's rounds (``round``, ``model_version``, ``metrics``)."""
+    out); trained: the ledger's rounds (``round``, ``model_version``, ``metrics``). ``since_pushed``: only answers
+    given since their task was pushed count (a team's project, whose tasks hold the team's labels from before)."""
     round_of = {t.task_id: t.round for t in pushed}
-    answers = [a for a in answers if a.task_id in round_of]
+    pushed_at = {t.task_id: t.pushed_at for t in pushed}
+    answers = [
+        a for a in answers if a.task_id in round_of and (not since_pushed or a.updated_at >= pushed_at[a.task_id])
+    ]
     by_task: dict[int, list[Answer]] = {}
     for a in answers:
         by_task.setdefault(a.task_id, []).append(a)
@@ -230,6 +236,7 @@ def gather(run: Run, *, api_key: str | None = None, backend_url: str | None = No
     project_id = None if link is None else link.project_id
     ledger = run.ledger
     pushed, pulled = ledger.pushed_tasks(project_id), ledger.annotations(project_id)
+    team = project_id is not None and is_team_run(run, project_id)
     answers, counts_from, users, backends = answers_from_ledger(pulled), "ledger", {}, []
     if link is None:
         ls = LabelStudioStatus(None, None, False, "the run is not linked to a Label Studio project yet (`hitl push` "
@@ -245,6 +252,9 @@ def gather(run: Run, *, api_key: str | None = None, backend_url: str | None = No
             ls = LabelStudioStatus(link.url, project_id, False, f"Label Studio at {link.url} {why} "
                                    f"({_describe(exc)}); counts are from the ledger as of the last pull")  # fmt: skip
         else:
+            if team:  # the team's tasks carry no sample id in their data: the ledger's, for the tasks pushed
+                sample_of = {t.task_id: t.sample_id for t in pushed}
+                records = [replace(r, sample_id=sample_of[r.task_id]) for r in records if r.task_id in sample_of]
             answers, counts_from = answers_from_label_studio(records), "label-studio"
             ls = LabelStudioStatus(link.url, project_id, True, not_pulled=not_pulled(records, pulled))
             users, backends = (
@@ -258,6 +268,7 @@ def gather(run: Run, *, api_key: str | None = None, backend_url: str | None = No
         per_round=run.config.sampling.per_round, budget_rounds=budget_rounds, label_studio=ls,
         training_pid=run.training_pid(), model_version=run.model_version(current) if current >= 0 else None,
         users=users, backend=None if url is None else backend_health(url), last_pull=ledger.last_pull(project_id),
+        since_pushed=team,
     )  # fmt: skip
 
 

@@ -325,13 +325,17 @@ def annotate_as_browser(
     was_cancelled: bool = False,
     ground_truth: bool = False,
     lead_time: float | None = None,
+    parent_prediction: int | None = None,
 ) -> int:
     """Submit an annotation through the REST API, as the labelling page does; its id.
 
     ``was_cancelled=True`` is the "Skip" button (send ``result=[]``); ``lead_time``: seconds spent on the task,
-    which the labelling page sends.
+    which the labelling page sends; ``parent_prediction``: the prediction the annotation started from (accepted,
+    or edited).
     """
     extra = {} if lead_time is None else {"lead_time": float(lead_time)}
+    if parent_prediction is not None:
+        extra["parent_prediction"] = int(parent_prediction)
     annotation = client.annotations.create(
         id=task_id, result=result, was_cancelled=was_cancelled, ground_truth=ground_truth, **extra
     )

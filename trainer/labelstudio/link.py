@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trainer.labelstudio.client import ensure_project
 from trainer.labelstudio.push import label_config_for
+from trainer.labelstudio.push_team import is_team_run
 from trainer.runs.atomic import write_json
 from trainer.runs.run import Run
 
@@ -78,7 +79,8 @@ def connect_project(
         document_root=str(Path(root).resolve()) if root else None,
         data_uri=link.data_uri if data_uri is None else bool(data_uri),
     )
-    if link.document_root is None and not link.data_uri:
+    # A run made from the project pushes predictions onto its tasks: it writes no pictures.
+    if link.document_root is None and not link.data_uri and not is_team_run(run, link.project_id):
         raise ValueError(
             "no document root for the task images: pass --document-root (Label Studio's "
             "LOCAL_FILES_DOCUMENT_ROOT) or set LOCAL_FILES_DOCUMENT_ROOT, or use --data-uri"

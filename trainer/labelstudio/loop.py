@@ -18,12 +18,13 @@ from tqdm import tqdm
 
 from trainer.core.checks import check_choice, check_int, check_positive
 from trainer.core.feedback import Feedback
-from trainer.labelstudio.annotator import simulate_annotator
+from trainer.labelstudio.annotator import parse_kinds, simulate_annotator
 from trainer.labelstudio.client import fetch_annotations
 from trainer.labelstudio.link import Link
 from trainer.labelstudio.pull import pull
 from trainer.labelstudio.push import push
-from trainer.runs.ledger import FEEDBACK_MODES
+from trainer.labelstudio.push_team import is_team_run, round_view_id, round_view_title
+from trainer.runs.ledger import FEEDBACK_MODES, utc_timestamp
 from trainer.runs.run import Run
 
 _LOG = logging.getLogger(__name__)
@@ -39,15 +40,19 @@ def wait_for_annotations(
     poll_s: float = 10.0,
     progress: bool = True,
     desc: str = "annotated",
+    since: dict[int, str] | None = None,
 ) -> int:
     """Poll until ``min_annotations`` of ``task_ids`` have an annotation (default: all) or the deadline
-    passes; how many have one. A skip counts: the annotator answered."""
+    passes; how many have one. A skip counts: the annotator answered. ``since``: task id -> the time it was
+    asked (``utc_timestamp``), for tasks that held answers before (a team's labels): only newer ones count."""
     tasks = set(task_ids)
+    since = since or {}
     target = len(tasks) if min_annotations is None else min(min_annotations, len(tasks))
     began = time.monotonic()
     with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
         while True:
-            done = len({r.task_id for r in fetch_annotations(client, project_id)} & tasks)
+            records = fetch_annotations(client, project_id)
+            done = len({r.task_id for r in records if utc_timestamp(r.updated_at) >= since.get(r.task_id, "")} & tasks)
             waited = time.monotonic() - began
             bar.n = done
             bar.set_postfix(pending=len(tasks) - done, waited=f"{waited:.0f}s")
@@ -77,13 +82,15 @@ def run_loop(
 
     Starts where the checkpoints and the ledger say the run stopped. Returns the rounds trained now.
     ``twin``: a run with the same config trained to the same round with no feedback at all, round r while
-    round r's tasks wait for annotators.
+    round r's tasks wait for annotators. ``simulate``: the simulated annotator's kind(s) (``simulate_annotator``).
     """
     check_int(rounds, "rounds")
     check_choice(mode, "feedback mode", FEEDBACK_MODES)
     check_positive(poll_seconds, "poll_seconds")
     check_positive(min_annotations, "min_annotations", optional=True)
     check_positive(deadline_minutes, "deadline_minutes", optional=True)
+    if simulate:
+        parse_kinds(simulate)
     trained = []
     if run.current_round() < 0:
         trained.append(_train(run, None, progress, log))
@@ -97,7 +104,7 @@ def run_loop(
             data_uri=link.data_uri,
             progress=progress,
         )
-        log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({link.url}/projects/{link.project_id})")
+        log(f"round {r}: {len(task_ids)} tasks in project {link.project_id} ({_tasks_url(run, client, link, r)})")
         _train_twin(twin, r, progress, log)
         if simulate:
             simulate_annotator(
@@ -119,6 +126,7 @@ def run_loop(
                 poll_s=poll_seconds,
                 progress=progress,
                 desc=f"round {r} annotated",
+                since=asked_at(run, link.project_id, r),
             )
         report = pull(run, client, link.project_id, mode=mode, progress=progress)
         summary, *details = report.lines()
@@ -128,6 +136,21 @@ def run_loop(
         trained.append(_train(run, report.feedback, progress, log))
     _train_twin(twin, run.current_round(), progress, log)
     return trained
+
+
+def asked_at(run: Run, project_id: int, round_: int) -> dict[int, str] | None:
+    """Task id -> when round ``round_`` asked about it, for a run made from the project (its tasks hold the team's
+    answers from before); None for tasks the run imported (every answer on them is an answer to the round)."""
+    if not is_team_run(run, project_id):
+        return None
+    return {t.task_id: t.pushed_at for t in run.ledger.pushed_tasks(project_id, round_)}
+
+
+def _tasks_url(run: Run, client, link: Link, round_: int) -> str:
+    """Where annotators find the round's tasks: the project, or a team's project's tab of the round."""
+    url = f"{link.url}/projects/{link.project_id}"
+    view = round_view_id(client, link.project_id, run, round_) if is_team_run(run, link.project_id) else None
+    return url if view is None else f"{url}/data?tab={view} (Data Manager tab {round_view_title(run, round_)!r})"
 
 
 def _train_twin(twin: Run | None, round_: int, progress: bool, log) -> None:

@@ -52,9 +52,9 @@ from trainer.labelstudio.client import (
     list_task_data,
     local_file_url,
 )
+from trainer.labelstudio.push_team import is_team_run, push_team, round_model
 from trainer.labelstudio.retry import activity
 from trainer.runs.atomic import atomic_write
-from trainer.runs.checkpoint import checkpoint_path, load_checkpoint
 from trainer.runs.run import Run
 
 
@@ -77,15 +77,19 @@ def push(
     """Push ``n`` images for ``round`` (default: the newest checkpoint's) to a project; the round's task ids.
 
     The round's checkpoint picks the images (``run.choose_samples``), never one pushed to this project
-    in another round. Images already pushed for this round are not imported again, so a second call, or
+    in another round. For a run made from this very project (``labelstudio:ID``) the images are its tasks
+    already: ``push_team`` adds a prediction to each instead (``document_root`` is not needed). Images already
+    pushed for this round are not imported again, so a second call, or
     one after a crash, only completes what is missing. ``document_root`` is Label Studio's
     ``LOCAL_FILES_DOCUMENT_ROOT``; it may be None only with ``data_uri=True``. ``progress``: bars for the
     saliency and the import (on a terminal only).
     """
+    if is_team_run(run, project_id):  # the run's images are the project's own tasks: predictions, no import
+        return push_team(run, client, project_id, round=round, n=n, progress=progress)
     n = check_int(run.config.sampling.per_round if n is None else n, "n", minimum=1)
     if document_root is None and not data_uri:
         raise ValueError("document_root is needed to serve images from disk (or pass data_uri=True)")
-    round, model = _round_model(run, round)
+    round, model = round_model(run, round)
     ledger = run.ledger
 
     def record(task_ids: list[int], batch: list[dict]) -> None:  # each batch as it lands
@@ -113,18 +117,6 @@ def push(
                     import_tasks(client, project_id, tasks, progress=bar.update, on_batch=record)
     ledger.record_round(round, run.model_version(round))
     return [t.task_id for t in ledger.pushed_tasks(project_id, round)]
-
-
-def _round_model(run, round: int | None) -> tuple[int, torch.nn.Module]:
-    current = run.current_round()
-    if current < 0:
-        raise ValueError(f"run {run.directory} has no checkpoint yet: train round 0 first (`hitl train`)")
-    round = current if round is None else round
-    path = checkpoint_path(run.checkpoint_dir, round)
-    if not path.is_file():
-        raise ValueError(f"round {round!r} has no checkpoint in {run.checkpoint_dir} (newest: round {current})")
-    model, _ = load_checkpoint(path)
-    return round, model.to(run.config.train.device)
 
 
 def reconcile(run, client, project_id: int) -> int:
